@@ -1,0 +1,77 @@
+//! Yoom: a selective forwarding unit for video meetings, in one binary.
+//!
+//! # Layout
+//! Dependencies point one way: `http`/`signal` → `room` → `sfu`.
+//! - [`config`]: flags, `YOOM_*` env and `config/yoom.toml` merged once into a validated
+//!   [`Config`].
+//! - [`http`]: the axum `Router` — embedded web client, `/ws`, `/healthz`, `/metrics`.
+//! - [`protocol`]: the signaling contract (PROTOCOL.md) as types; parsing never panics.
+//! - [`signal`]: one session task per WebSocket (size and rate limits, ping, idle timeout).
+//! - [`room`]: the registry that owns every room's state behind one short lock, and each
+//!   client's bounded outbox.
+//! - [`metrics`]: every Prometheus metric, named once.
+//!
+//! [`run`] serves until its shutdown future resolves; `main.rs` only parses the command line.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod ids;
+pub mod metrics;
+pub mod protocol;
+pub mod room;
+pub mod signal;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+pub use app::App;
+pub use config::Config;
+
+/// How long shutdown waits for sessions to say goodbye before giving up on them.
+const SESSION_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Serves HTTP and signaling on `listener` until `shutdown` resolves, then closes every
+/// WebSocket with a `bye` and a close frame and returns.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = App::new(config);
+    let addr = listener.local_addr()?;
+    let lobby = tokio::spawn(app.registry.clone().run_lobby_broadcaster());
+    let router = http::router(app.clone());
+
+    info!("listening on http://{addr}");
+    let stop = app.shutdown.clone();
+    let served = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        info!("shutting down");
+        stop.cancel();
+    })
+    .await;
+
+    // Upgraded WebSockets are not HTTP connections any more: wait for them separately.
+    app.shutdown.cancel();
+    app.sessions.close();
+    if tokio::time::timeout(SESSION_DRAIN_TIMEOUT, app.sessions.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            remaining = app.sessions.len(),
+            "sessions did not close in time"
+        );
+    }
+    lobby.abort();
+    served
+}

@@ -1,0 +1,131 @@
+//! `yoom` command line: parses arguments, sets up logging, runs the server.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use yoom::config::{Config, LogFormat, ServeArgs};
+
+/// Yoom — a video-meeting server (SFU) in one binary.
+///
+/// Browsers publish their camera and microphone once; Yoom forwards the media to everyone else in
+/// the room. `yoom serve` serves the web client and signaling on http://localhost:3000.
+#[derive(Parser)]
+#[command(name = "yoom", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the web client, WebSocket signaling (/ws), /healthz and /metrics.
+    ///
+    /// Every flag can also be set with the YOOM_* variable shown, or in the config file.
+    Serve(ServeArgs),
+}
+
+/// After a shutdown signal the process exits within this time, whatever is still running.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match Config::load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("yoom: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("yoom: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async move {
+        let addr = std::net::SocketAddr::new(config.bind, config.port);
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("yoom: cannot listen on {addr}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            wait_for_signal().await;
+            let _ = signalled_tx.send(());
+        };
+        let server = tokio::spawn(yoom::run(config, listener, shutdown));
+        let deadline = async {
+            if signalled_rx.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_DEADLINE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            result = server => match result {
+                Ok(Ok(())) => ExitCode::SUCCESS,
+                Ok(Err(e)) => {
+                    eprintln!("yoom: server error: {e}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("yoom: server task failed: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            () = deadline => {
+                tracing::warn!("shutdown deadline passed, exiting");
+                ExitCode::SUCCESS
+            }
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    code
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+fn init_tracing(config: &Config) {
+    // Validated in Config::load, so this only falls back on a race with a changed env.
+    let filter = EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

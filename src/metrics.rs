@@ -1,0 +1,105 @@
+//! Every metric Yoom exports, named once. Labels never carry room or member ids, so the number
+//! of series stays bounded however many rooms come and go.
+//!
+//! One `Metrics` per server instance (not a global), so tests can run several servers in one
+//! process and read each one's numbers.
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+pub struct Metrics {
+    registry: Registry,
+    /// WebSocket connections accepted since start.
+    pub ws_connections_total: IntCounter,
+    /// WebSocket connections open now.
+    pub ws_connections: IntGauge,
+    /// Client messages by `type` (unknown types are counted as `invalid`).
+    pub ws_messages_total: IntCounterVec,
+    /// Errors sent to clients, by code.
+    pub signal_errors_total: IntCounterVec,
+    /// Connections closed by the server, by reason (slow_consumer, rate_limited, idle, shutdown).
+    pub ws_disconnects_total: IntCounterVec,
+    /// Rooms with at least one member.
+    pub rooms: IntGauge,
+    /// Members in rooms.
+    pub room_members: IntGauge,
+    /// Joins accepted / refused (`state` = joined, room_full).
+    pub participant_join_total: IntCounterVec,
+    /// Chat messages delivered to the room.
+    pub chat_messages_total: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("yoom".into()), None)
+            // OK because the prefix is a constant, valid metric name prefix.
+            .expect("valid registry prefix");
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        Metrics {
+            ws_connections_total: counter(
+                "ws_connections_total",
+                "WebSocket connections accepted since start",
+            ),
+            ws_connections: gauge("ws_connections", "WebSocket connections open now"),
+            ws_messages_total: counter_vec(
+                "ws_messages_total",
+                "Client signaling messages received, by type",
+                &["type"],
+            ),
+            signal_errors_total: counter_vec(
+                "signal_errors_total",
+                "Signaling errors sent to clients, by code",
+                &["code"],
+            ),
+            ws_disconnects_total: counter_vec(
+                "ws_disconnects_total",
+                "Connections closed by the server, by reason",
+                &["reason"],
+            ),
+            rooms: gauge("room_total", "Rooms with at least one member"),
+            room_members: gauge("participant_total", "Members in rooms"),
+            participant_join_total: counter_vec(
+                "participant_join_total",
+                "Join attempts, by outcome",
+                &["state"],
+            ),
+            chat_messages_total: counter("chat_messages_total", "Chat messages sent to rooms"),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // OK because encoding into a Vec cannot fail and the text format is UTF-8.
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("encode metrics");
+        String::from_utf8(buf).expect("metrics text is utf-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

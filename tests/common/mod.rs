@@ -1,0 +1,284 @@
+//! Test harness: a real server on 127.0.0.1:0 and WebSocket clients that speak the protocol.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use yoom::Config;
+
+/// Every await in tests is bounded by this, so a hang fails fast instead of stalling CI.
+pub const STEP: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::with_config(test_config()).await
+    }
+
+    pub async fn with_config(config: Config) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(yoom::run(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.ws_url()).await
+    }
+
+    /// A client past `hello` and the initial `rooms`.
+    pub async fn ready_client(&self) -> Client {
+        let mut c = self.client().await;
+        let hello = c.recv_type("hello").await;
+        c.id = hello["id"].as_str().unwrap().to_owned();
+        c.recv_type("rooms").await;
+        c
+    }
+
+    /// A client that joined `room` as `name`.
+    pub async fn member(&self, room: &str, name: &str) -> Client {
+        let mut c = self.ready_client().await;
+        c.send(json!({"type":"join","room":room,"name":name})).await;
+        c.recv_type("joined").await;
+        c
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path).await
+    }
+
+    /// Triggers graceful shutdown and waits for `run` to return.
+    pub async fn shutdown(mut self) -> Duration {
+        let started = std::time::Instant::now();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(STEP, task)
+                .await
+                .expect("server stops in time")
+                .unwrap()
+                .unwrap();
+        }
+        started.elapsed()
+    }
+
+    /// Value of one metric line (exact name including labels) from /metrics.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn test_config() -> Config {
+    Config {
+        bind: "127.0.0.1".parse().unwrap(),
+        port: 0,
+        ..Config::default()
+    }
+}
+
+pub struct Client {
+    pub id: String,
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio::time::timeout(STEP, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        Client {
+            id: String::new(),
+            ws,
+        }
+    }
+
+    /// A client whose socket receive buffer is tiny, so that not reading fills the server's
+    /// queue for it after a few kilobytes instead of megabytes.
+    pub async fn connect_with_tiny_buffer(addr: SocketAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = tokio::time::timeout(STEP, socket.connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let url = format!("ws://{addr}/ws");
+        let (ws, _) = tokio::time::timeout(
+            STEP,
+            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)),
+        )
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+        Client {
+            id: String::new(),
+            ws,
+        }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        tokio::time::timeout(STEP, self.ws.send(Message::text(text)))
+            .await
+            .expect("send in time")
+            .expect("send");
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        tokio::time::timeout(STEP, self.ws.send(m))
+            .await
+            .expect("send in time")
+            .expect("send");
+    }
+
+    /// Next JSON message; panics on close or timeout.
+    pub async fn recv(&mut self) -> Value {
+        match self.next_event(STEP).await {
+            Event::Json(v) => v,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// Next message, close or nothing within `wait`.
+    pub async fn next_event(&mut self, wait: Duration) -> Event {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Event::Timeout,
+                Ok(n) => n,
+            };
+            match next {
+                None => return Event::Closed(None),
+                Some(Err(e)) => return Event::Error(e.to_string()),
+                Some(Ok(Message::Text(t))) => {
+                    return Event::Json(
+                        serde_json::from_str(t.as_str()).expect("server sends JSON"),
+                    )
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Event::Closed(frame.map(|f| u16::from(f.code)))
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Skips messages until one of type `ty` arrives.
+    pub async fn recv_type(&mut self, ty: &str) -> Value {
+        loop {
+            let m = self.recv().await;
+            if m["type"] == ty {
+                return m;
+            }
+        }
+    }
+
+    /// Skips messages until one matching `pred` arrives.
+    pub async fn recv_until(&mut self, mut pred: impl FnMut(&Value) -> bool) -> Value {
+        loop {
+            let m = self.recv().await;
+            if pred(&m) {
+                return m;
+            }
+        }
+    }
+
+    /// Sends `v` with `ref` and returns the reply carrying that ref.
+    pub async fn request(&mut self, mut v: Value, reference: Value) -> Value {
+        v["ref"] = reference.clone();
+        self.send(v).await;
+        self.recv_until(|m| m["ref"] == reference).await
+    }
+
+    /// Asserts that nothing but (optionally) `rooms` updates arrives for `wait`.
+    pub async fn expect_quiet(&mut self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await {
+                Event::Timeout => return,
+                Event::Json(v) if v["type"] == "rooms" => continue,
+                other => panic!("expected silence, got {other:?}"),
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(STEP, self.ws.close(None)).await;
+    }
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Json(Value),
+    Closed(Option<u16>),
+    Error(String),
+    Timeout,
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::time::timeout(STEP, TcpStream::connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(STEP, s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
