@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what the Chromium tests need when it is missing: Debian's chromium and the
+# playwright-core npm package (never a downloaded browser). Idempotent and quiet when all is there.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "browser-deps: /usr/bin/chromium is missing; run: sudo apt-get install -y chromium" >&2
+    exit 1
+  fi
+  echo "browser-deps: installing chromium (apt-get)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends chromium >&2
+fi
+
+if [ ! -d "$here/browser/node_modules/playwright-core" ]; then
+  echo "browser-deps: installing playwright-core (npm ci)" >&2
+  (cd "$here/browser" && npm ci --no-audit --no-fund --loglevel=error) >&2
+fi
