@@ -55,6 +55,10 @@ pub struct Config {
     pub rate_limit_burst: u32,
     /// Messages queued towards one socket before that socket is considered too slow and dropped.
     pub outbound_queue_len: usize,
+    /// Addresses media sockets bind to (one host candidate each); empty = automatic.
+    pub media_ips: Vec<IpAddr>,
+    /// STUN server URLs handed to clients in `joined`.
+    pub stun_urls: Vec<String>,
 }
 
 impl Default for Config {
@@ -71,6 +75,8 @@ impl Default for Config {
             rate_limit_per_sec: 50,
             rate_limit_burst: 100,
             outbound_queue_len: 256,
+            media_ips: Vec::new(),
+            stun_urls: Vec::new(),
         }
     }
 }
@@ -114,6 +120,23 @@ pub struct ServeArgs {
     /// Messages queued towards one slow socket before it is disconnected [default: 256]
     #[arg(long, env = "YOOM_OUTBOUND_QUEUE", value_name = "N")]
     pub outbound_queue: Option<usize>,
+    /// IP addresses media binds to, comma-separated [default: loopback when --bind is loopback,
+    /// else every non-loopback interface]
+    #[arg(
+        long,
+        env = "YOOM_MEDIA_IPS",
+        value_name = "IP,...",
+        value_delimiter = ','
+    )]
+    pub media_ips: Option<Vec<IpAddr>>,
+    /// STUN server URLs for clients, comma-separated, e.g. stun:stun.example.org:3478
+    #[arg(
+        long,
+        env = "YOOM_STUN_URLS",
+        value_name = "URL,...",
+        value_delimiter = ','
+    )]
+    pub stun_urls: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,6 +150,22 @@ struct FileConfig {
     rooms: FileRooms,
     #[serde(default)]
     signaling: FileSignaling,
+    #[serde(default)]
+    rtc: FileRtc,
+    #[serde(default)]
+    stun: FileStun,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRtc {
+    ips: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStun {
+    urls: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -279,6 +318,45 @@ impl Config {
         )?
         .map_or(d.outbound_queue_len, |v| v as usize);
 
+        let media_ips = match (&args.media_ips, &file.rtc.ips) {
+            (Some(ips), _) => ips.clone(),
+            (None, Some(list)) => list
+                .iter()
+                .map(|text| {
+                    text.parse().map_err(|_| ConfigError::Invalid {
+                        key: "rtc.ips",
+                        message: format!("`{text}` is not an IP address"),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            (None, None) => d.media_ips,
+        };
+        if let Some(ip) = media_ips.iter().find(|ip| ip.is_unspecified()) {
+            return Err(ConfigError::Invalid {
+                key: "rtc.ips",
+                message: format!(
+                    "{ip} is not a concrete address (leave the list empty for all interfaces)"
+                ),
+            });
+        }
+        let stun_urls = args
+            .stun_urls
+            .clone()
+            .or(file.stun.urls)
+            .unwrap_or(d.stun_urls);
+        for url in &stun_urls {
+            let ok = url
+                .strip_prefix("stun:")
+                .or_else(|| url.strip_prefix("stuns:"))
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: "stun.urls",
+                    message: format!("`{url}` is not a stun: or stuns: URL"),
+                });
+            }
+        }
+
         Ok(Config {
             bind,
             port,
@@ -291,6 +369,8 @@ impl Config {
             rate_limit_per_sec,
             rate_limit_burst,
             outbound_queue_len,
+            media_ips,
+            stun_urls,
         })
     }
 }
@@ -392,6 +472,20 @@ mod tests {
         let cfg = Config::merge(&args, file).unwrap();
         assert_eq!(cfg.port, 4444);
         assert_eq!(cfg.max_room_members, 7);
+    }
+
+    #[test]
+    fn media_settings_are_checked() {
+        let cfg = Config::from_toml(
+            "[rtc]\nips = [\"127.0.0.1\"]\n[stun]\nurls = [\"stun:stun.example.org:3478\"]\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.media_ips, vec![IpAddr::from([127, 0, 0, 1])]);
+        assert_eq!(cfg.stun_urls.len(), 1);
+        let err = Config::from_toml("[rtc]\nips = [\"0.0.0.0\"]\n").unwrap_err();
+        assert!(err.to_string().contains("rtc.ips"), "{err}");
+        let err = Config::from_toml("[stun]\nurls = [\"http://x\"]\n").unwrap_err();
+        assert!(err.to_string().contains("stun.urls"), "{err}");
     }
 
     #[test]

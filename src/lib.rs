@@ -20,6 +20,7 @@ pub mod ids;
 pub mod metrics;
 pub mod protocol;
 pub mod room;
+pub mod sfu;
 pub mod signal;
 
 use std::future::Future;

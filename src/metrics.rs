@@ -26,6 +26,28 @@ pub struct Metrics {
     pub participant_join_total: IntCounterVec,
     /// Chat messages delivered to the room.
     pub chat_messages_total: IntCounter,
+    /// Peer connections built and not yet closed.
+    pub peer_connections: IntGauge,
+    /// Media tasks (ingress, egress, keyframe, member media) running now.
+    pub media_tasks: IntGauge,
+    /// Tracks published, by kind.
+    pub track_published_total: IntCounterVec,
+    /// Forwarded tracks set up for a subscriber, by kind.
+    pub track_subscribed_total: IntCounterVec,
+    /// RTP packets received from publishers.
+    pub packets_in_total: IntCounter,
+    /// RTP bytes (payload) received from publishers.
+    pub bytes_in_total: IntCounter,
+    /// RTP packets handed to subscribers' connections.
+    pub packets_forwarded_total: IntCounter,
+    /// RTP payload bytes handed to subscribers' connections.
+    pub bytes_forwarded_total: IntCounter,
+    /// Packets not forwarded to a subscriber because its queue was full.
+    pub drops_queue_full_total: IntCounter,
+    /// Keyframe requests (PLI) sent to publishers.
+    pub pli_sent_total: IntCounter,
+    /// Keyframe requests (PLI/FIR) received from subscribers.
+    pub keyframe_requests_in_total: IntCounter,
 }
 
 impl Metrics {
@@ -83,8 +105,47 @@ impl Metrics {
                 &["state"],
             ),
             chat_messages_total: counter("chat_messages_total", "Chat messages sent to rooms"),
+            peer_connections: gauge("peer_connections", "Peer connections open now"),
+            media_tasks: gauge("media_tasks", "Media tasks running now"),
+            track_published_total: counter_vec(
+                "track_published_total",
+                "Tracks published, by kind",
+                &["kind"],
+            ),
+            track_subscribed_total: counter_vec(
+                "track_subscribed_total",
+                "Tracks forwarded to a subscriber, by kind",
+                &["kind"],
+            ),
+            packets_in_total: counter("packets_in_total", "RTP packets received from publishers"),
+            bytes_in_total: counter(
+                "bytes_in_total",
+                "RTP payload bytes received from publishers",
+            ),
+            packets_forwarded_total: counter(
+                "packets_forwarded_total",
+                "RTP packets forwarded to subscribers",
+            ),
+            bytes_forwarded_total: counter(
+                "bytes_forwarded_total",
+                "RTP payload bytes forwarded to subscribers",
+            ),
+            drops_queue_full_total: counter(
+                "forward_drops_queue_full_total",
+                "Packets dropped for a subscriber whose queue was full",
+            ),
+            pli_sent_total: counter("pli_sent_total", "Keyframe requests sent to publishers"),
+            keyframe_requests_in_total: counter(
+                "keyframe_requests_in_total",
+                "PLI/FIR received from subscribers",
+            ),
             registry,
         }
+    }
+
+    /// Counts a running task in `media_tasks` until the guard is dropped.
+    pub fn task_guard(&self) -> GaugeGuard {
+        GaugeGuard::new(self.media_tasks.clone())
     }
 
     /// The Prometheus text exposition of every metric.
@@ -101,5 +162,22 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Increments a gauge now and decrements it when dropped, so a count of live things cannot
+/// drift whichever way a task ends.
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub fn new(gauge: IntGauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

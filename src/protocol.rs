@@ -478,6 +478,11 @@ pub enum ServerMessage {
         pc: PcKind,
         candidate: IceCandidate,
     },
+    /// The member was removed from its room by the server (e.g. its media failed for good).
+    Left {
+        room: RoomId,
+        reason: &'static str,
+    },
     /// Sent before the server closes a connection on purpose (shutdown, too slow, flooding).
     Bye {
         reason: &'static str,

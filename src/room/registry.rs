@@ -20,6 +20,7 @@ use crate::protocol::{
     ServerMessage,
 };
 use crate::room::outbox::{Frame, Outbox, Sent};
+use crate::sfu::room::SfuRoom;
 
 /// How long lobby updates are held back so that a burst of joins yields one `rooms` message.
 const LOBBY_COALESCE: Duration = Duration::from_millis(50);
@@ -47,12 +48,22 @@ impl Connection {
 struct Room {
     /// In join order, so member lists are stable for everyone.
     members: Vec<MemberId>,
+    /// The room's media side; members' media actors hold it too.
+    media: Arc<SfuRoom>,
 }
 
 #[derive(Default)]
 struct State {
     connections: HashMap<MemberId, Connection>,
     rooms: BTreeMap<RoomId, Room>,
+}
+
+/// The outcome of a successful `join`.
+pub struct Joined {
+    pub room: RoomId,
+    pub media: Arc<SfuRoom>,
+    /// False when the member was already in this room (nothing changed).
+    pub moved: bool,
 }
 
 /// Settings the registry enforces.
@@ -143,10 +154,13 @@ impl Registry {
         name: Option<MemberName>,
         ice_servers: Vec<IceServer>,
         reply: Option<&Ref>,
-    ) -> Result<(), ProtocolError> {
+    ) -> Result<Joined, ProtocolError> {
         let mut st = self.state();
         let Some(conn) = st.connections.get_mut(id) else {
-            return Ok(());
+            return Err(ProtocolError::new(
+                ErrorCode::Unavailable,
+                "connection is closing",
+            ));
         };
         if let Some(name) = name {
             conn.name = name;
@@ -189,7 +203,10 @@ impl Registry {
         }
 
         let Some(conn) = st.connections.get(id) else {
-            return Ok(());
+            return Err(ProtocolError::new(
+                ErrorCode::Unavailable,
+                "connection is closing",
+            ));
         };
         let me = conn.info(id);
         let others: Vec<MemberInfo> = st
@@ -217,7 +234,16 @@ impl Registry {
                 .into();
             self.broadcast(&st, &room_id, Some(id), &frame);
         }
-        Ok(())
+        let media = st
+            .rooms
+            .get(&room_id)
+            .map(|r| r.media.clone())
+            .unwrap_or_default();
+        Ok(Joined {
+            room: room_id,
+            media,
+            moved: !already_here,
+        })
     }
 
     pub fn leave(&self, id: &MemberId, reply: Option<&Ref>) -> Result<(), ProtocolError> {
@@ -231,6 +257,19 @@ impl Registry {
             self.deliver(&conn.outbox, ServerMessage::Ack.to_json(reply).into());
         }
         Ok(())
+    }
+
+    /// Takes a member out of its room on the server's initiative and tells it why.
+    pub fn remove_from_room(&self, id: &MemberId, reason: &'static str) {
+        let mut st = self.state();
+        let Some(room) = st.connections.get(id).and_then(|c| c.room.clone()) else {
+            return;
+        };
+        self.leave_room(&mut st, id);
+        if let Some(conn) = st.connections.get(id) {
+            let left = ServerMessage::Left { room, reason };
+            self.deliver(&conn.outbox, left.to_json(None).into());
+        }
     }
 
     pub fn chat(
@@ -475,7 +514,9 @@ mod tests {
         let (b, _brx) = member(&reg);
         reg.join(&a, room("x"), None, vec![], None).unwrap();
         reg.join(&b, room("y"), None, vec![], None).unwrap();
-        let err = reg.join(&b, room("x"), None, vec![], None).unwrap_err();
+        let Err(err) = reg.join(&b, room("x"), None, vec![], None) else {
+            panic!("joined a full room");
+        };
         assert_eq!(err.code, ErrorCode::RoomFull);
         let counts = reg.room_counts();
         assert_eq!(counts.len(), 2, "b is still in y");

@@ -10,15 +10,18 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use tracing::{debug, info, info_span, Instrument};
+use tokio::sync::mpsc;
+use tracing::{debug, info, info_span, warn, Instrument};
+use webrtc::peer_connection::RTCIceCandidateInit;
 
 use crate::app::App;
 use crate::ids::MemberId;
 use crate::protocol::{
-    parse_client_message, ClientMessage, ErrorCode, ProtocolError, Ref, ServerMessage,
-    PROTOCOL_VERSION,
+    parse_client_message, ClientMessage, ErrorCode, IceCandidate, PcKind, ProtocolError, Ref,
+    ServerMessage, PROTOCOL_VERSION,
 };
 use crate::room::outbox::{CloseReason, Outbound, Outbox, OutboxReceiver};
+use crate::sfu::member::{spawn_member_media, MediaCommand, MediaHandle, MediaSignal, Role};
 use crate::signal::rate_limit::{RateLimiter, Verdict};
 
 /// How long the writer waits for one frame to go out while closing, so that a dead peer cannot
@@ -28,7 +31,7 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Serves one upgraded WebSocket until it closes.
 pub async fn run(socket: WebSocket, app: App, remote: SocketAddr) {
     let id = MemberId::next();
-    let span = info_span!("session", member = %id, remote = %remote);
+    let span = info_span!("session", member = %id, room = tracing::field::Empty, remote = %remote);
     serve(socket, app, id).instrument(span).await
 }
 
@@ -59,6 +62,14 @@ async fn serve(socket: WebSocket, app: App, id: MemberId) {
     ping.reset(); // the first tick would fire at once
     let idle = tokio::time::sleep(app.config.idle_timeout);
     tokio::pin!(idle);
+    let (signals_tx, mut signals_rx) = mpsc::unbounded_channel();
+    let mut session = Session {
+        app: app.clone(),
+        id: id.clone(),
+        outbox: outbox.clone(),
+        media: None,
+        signals_tx,
+    };
 
     let reason = loop {
         tokio::select! {
@@ -71,6 +82,7 @@ async fn serve(socket: WebSocket, app: App, id: MemberId) {
             _ = ping.tick() => {
                 outbox.ping();
             }
+            Some(signal) = signals_rx.recv() => session.on_media_signal(signal).await,
             frame = stream.next() => {
                 let Some(Ok(frame)) = frame else {
                     break CloseReason::Normal;
@@ -93,7 +105,7 @@ async fn serve(socket: WebSocket, app: App, id: MemberId) {
                     Message::Ping(_) | Message::Pong(_) => continue,
                 };
                 match limiter.check(Instant::now()) {
-                    Verdict::Allow => handle_text(&app, &id, &outbox, text.as_str()),
+                    Verdict::Allow => session.handle_text(text.as_str()).await,
                     Verdict::Refuse => {
                         let reference = parse_client_message(text.as_str()).reference;
                         send_error(&app, &outbox, reference.as_ref(), ProtocolError::new(
@@ -108,6 +120,7 @@ async fn serve(socket: WebSocket, app: App, id: MemberId) {
     };
 
     app.registry.disconnect(&id);
+    session.stop_media().await;
     if reason != CloseReason::Normal {
         metrics
             .ws_disconnects_total
@@ -142,56 +155,195 @@ fn flood(outbox: &Outbox) -> CloseReason {
     CloseReason::RateLimited
 }
 
-fn handle_text(app: &App, id: &MemberId, outbox: &Outbox, text: &str) {
-    let incoming = parse_client_message(text);
-    let reference = incoming.reference;
-    let message = match incoming.message {
-        Ok(m) => m,
-        Err(e) => {
-            app.metrics
-                .ws_messages_total
-                .with_label_values(&["invalid"])
-                .inc();
-            send_error(app, outbox, reference.as_ref(), e);
-            return;
+/// The session's view of its member's media, if it is in a room.
+struct MemberMediaState {
+    handle: MediaHandle,
+}
+
+struct Session {
+    app: App,
+    id: MemberId,
+    outbox: Outbox,
+    media: Option<MemberMediaState>,
+    signals_tx: mpsc::UnboundedSender<MediaSignal>,
+}
+
+impl Session {
+    async fn handle_text(&mut self, text: &str) {
+        let incoming = parse_client_message(text);
+        let reference = incoming.reference;
+        let message = match incoming.message {
+            Ok(m) => m,
+            Err(e) => {
+                self.app
+                    .metrics
+                    .ws_messages_total
+                    .with_label_values(&["invalid"])
+                    .inc();
+                send_error(&self.app, &self.outbox, reference.as_ref(), e);
+                return;
+            }
+        };
+        self.app
+            .metrics
+            .ws_messages_total
+            .with_label_values(&[message.type_name()])
+            .inc();
+        debug!(r#type = message.type_name(), "message");
+        if let Err(e) = self.dispatch(reference.as_ref(), message).await {
+            send_error(&self.app, &self.outbox, reference.as_ref(), e);
         }
-    };
-    app.metrics
-        .ws_messages_total
-        .with_label_values(&[message.type_name()])
-        .inc();
-    debug!(r#type = message.type_name(), "message");
-    if let Err(e) = dispatch(app, id, reference.as_ref(), message) {
-        send_error(app, outbox, reference.as_ref(), e);
+    }
+
+    async fn dispatch(
+        &mut self,
+        reference: Option<&Ref>,
+        message: ClientMessage,
+    ) -> Result<(), ProtocolError> {
+        let registry = self.app.registry.clone();
+        let id = &self.id;
+        match message {
+            ClientMessage::ListRooms => registry.list_rooms(id, reference),
+            ClientMessage::SetName { name } => registry.set_name(id, name, reference),
+            ClientMessage::Join { room, name } => {
+                let joined = registry.join(id, room, name, self.app.ice_servers(), reference)?;
+                if joined.moved || self.media.is_none() {
+                    tracing::Span::current().record("room", joined.room.as_str());
+                    self.stop_media().await;
+                    let handle = spawn_member_media(
+                        self.app.media.clone(),
+                        self.id.clone(),
+                        joined.room,
+                        joined.media,
+                        self.signals_tx.clone(),
+                    );
+                    self.media = Some(MemberMediaState { handle });
+                }
+            }
+            ClientMessage::Leave => {
+                registry.leave(id, reference)?;
+                self.stop_media().await;
+            }
+            ClientMessage::Chat { text } => registry.chat(id, text, reference)?,
+            ClientMessage::Mute { kind, muted } => registry.mute(id, kind, muted, reference),
+            ClientMessage::Offer { pc, sdp } => {
+                if pc != PcKind::Publish {
+                    return Err(ProtocolError::field(
+                        "`pc`: clients offer on \"publish\" only; the server offers on \"subscribe\"",
+                    ));
+                }
+                self.media()?.send(MediaCommand::PublishOffer {
+                    sdp,
+                    tag: reference.cloned(),
+                });
+            }
+            ClientMessage::Answer { pc, sdp } => {
+                if pc != PcKind::Subscribe {
+                    return Err(ProtocolError::field(
+                        "`pc`: clients answer on \"subscribe\" only; the server answers \"publish\" offers",
+                    ));
+                }
+                self.media()?.send(MediaCommand::SubscribeAnswer {
+                    sdp,
+                    tag: reference.cloned(),
+                });
+            }
+            ClientMessage::Candidate { pc, candidate } => {
+                let candidate = RTCIceCandidateInit {
+                    candidate: candidate.candidate,
+                    sdp_mid: candidate.sdp_mid,
+                    sdp_mline_index: candidate.sdp_mline_index,
+                    username_fragment: candidate.username_fragment,
+                    url: None,
+                };
+                self.media()?.send(MediaCommand::Candidate {
+                    role: role(pc),
+                    candidate,
+                    tag: reference.cloned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn media(&self) -> Result<&MediaHandle, ProtocolError> {
+        self.media.as_ref().map(|m| &m.handle).ok_or_else(|| {
+            ProtocolError::new(ErrorCode::NotInRoom, "join a room before sending media")
+        })
+    }
+
+    async fn stop_media(&mut self) {
+        if let Some(media) = self.media.take() {
+            media.handle.close().await;
+        }
+    }
+
+    /// Relays what the member's media actor wants said to the client.
+    async fn on_media_signal(&mut self, signal: MediaSignal) {
+        let message = match signal {
+            MediaSignal::Answer { role, sdp, tag } => {
+                let m = ServerMessage::Answer {
+                    pc: pc_kind(role),
+                    sdp,
+                };
+                self.outbox.send(m.to_json(tag.as_ref()).into());
+                return;
+            }
+            MediaSignal::Offer { role, sdp } => ServerMessage::Offer {
+                pc: pc_kind(role),
+                sdp,
+            },
+            MediaSignal::Candidate { role, candidate } => ServerMessage::Candidate {
+                pc: pc_kind(role),
+                candidate: IceCandidate {
+                    candidate: candidate.candidate,
+                    // webrtc-rs reports an empty mid; every m-line is bundled on the first
+                    // transport, so the m-line index is what identifies it for the browser.
+                    sdp_mid: candidate.sdp_mid.filter(|m| !m.is_empty()),
+                    sdp_mline_index: Some(candidate.sdp_mline_index.unwrap_or(0)),
+                    username_fragment: candidate.username_fragment.filter(|u| !u.is_empty()),
+                },
+            },
+            MediaSignal::Ack { tag } => {
+                self.outbox
+                    .send(ServerMessage::Ack.to_json(tag.as_ref()).into());
+                return;
+            }
+            MediaSignal::Error { tag, message } => {
+                send_error(
+                    &self.app,
+                    &self.outbox,
+                    tag.as_ref(),
+                    ProtocolError::field(message),
+                );
+                return;
+            }
+            MediaSignal::Failed { role } => {
+                warn!(
+                    pc = role.as_str(),
+                    "media connection failed; removing the member from its room"
+                );
+                self.stop_media().await;
+                self.app.registry.remove_from_room(&self.id, "media_failed");
+                return;
+            }
+        };
+        self.outbox.send(message.to_json(None).into());
     }
 }
 
-fn dispatch(
-    app: &App,
-    id: &MemberId,
-    reference: Option<&Ref>,
-    message: ClientMessage,
-) -> Result<(), ProtocolError> {
-    let registry = &app.registry;
-    match message {
-        ClientMessage::ListRooms => registry.list_rooms(id, reference),
-        ClientMessage::SetName { name } => registry.set_name(id, name, reference),
-        ClientMessage::Join { room, name } => {
-            registry.join(id, room, name, app.ice_servers(), reference)?
-        }
-        ClientMessage::Leave => registry.leave(id, reference)?,
-        ClientMessage::Chat { text } => registry.chat(id, text, reference)?,
-        ClientMessage::Mute { kind, muted } => registry.mute(id, kind, muted, reference),
-        ClientMessage::Offer { .. }
-        | ClientMessage::Answer { .. }
-        | ClientMessage::Candidate { .. } => {
-            return Err(ProtocolError::new(
-                ErrorCode::Unavailable,
-                "media is not enabled on this server",
-            ))
-        }
+fn role(pc: PcKind) -> Role {
+    match pc {
+        PcKind::Publish => Role::Publish,
+        PcKind::Subscribe => Role::Subscribe,
     }
-    Ok(())
+}
+
+fn pc_kind(role: Role) -> PcKind {
+    match role {
+        Role::Publish => PcKind::Publish,
+        Role::Subscribe => PcKind::Subscribe,
+    }
 }
 
 fn send_error(app: &App, outbox: &Outbox, reference: Option<&Ref>, error: ProtocolError) {

@@ -1,6 +1,8 @@
 //! Test harness: a real server on 127.0.0.1:0 and WebSocket clients that speak the protocol.
 #![allow(dead_code)]
 
+pub mod media;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

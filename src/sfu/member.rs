@@ -1,0 +1,655 @@
+//! One member's media: its publish connection (the client offers, the server answers) and its
+//! subscribe connection (the server offers every track the member should receive).
+//!
+//! An actor owns both connections and handles one command at a time, so negotiations on a
+//! connection never overlap. Track changes that arrive while the server waits for the client's
+//! answer are coalesced into the next offer: a burst of joins costs one re-offer, not one each.
+//! All per-subscriber forwarding state (one [`Egress`] per forwarded track) is created here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use tokio::sync::mpsc;
+use tracing::{info, info_span, warn, Instrument};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::{
+    PeerConnection, RTCIceCandidateInit, RTCPeerConnectionState, RTCSessionDescription,
+};
+use webrtc::rtp_transceiver::RtpSender;
+
+use crate::ids::{MemberId, RoomId};
+use crate::metrics::{GaugeGuard, Metrics};
+use crate::sfu::codecs::same_codec;
+use crate::sfu::egress::Egress;
+use crate::sfu::forwarder::RtpMunger;
+use crate::sfu::peer::{build_peer_connection, EventForwarder, PeerEvent, PeerOptions};
+use crate::sfu::room::SfuRoom;
+use crate::sfu::track::{PublishedTrack, TrackId, SUBSCRIBER_QUEUE_LEN};
+
+/// If the client has not answered a subscribe offer by then, the offer is sent again.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Remote candidates kept while waiting for a remote description; more is a misbehaving client.
+const MAX_PENDING_CANDIDATES: usize = 64;
+
+/// Which of a member's two connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Publish,
+    Subscribe,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Publish => "publish",
+            Role::Subscribe => "subscribe",
+        }
+    }
+}
+
+/// Opaque token the signaling layer attaches to a request so errors can answer it.
+pub type ReplyTag = Option<serde_json::Value>;
+
+pub enum MediaCommand {
+    /// The client's offer on its publish connection.
+    PublishOffer {
+        sdp: String,
+        tag: ReplyTag,
+    },
+    /// The client's answer to the server's subscribe offer.
+    SubscribeAnswer {
+        sdp: String,
+        tag: ReplyTag,
+    },
+    Candidate {
+        role: Role,
+        candidate: RTCIceCandidateInit,
+        tag: ReplyTag,
+    },
+    /// Another member published a track this member should receive.
+    TrackAdded(Arc<PublishedTrack>),
+    TrackRemoved(TrackId),
+    Close,
+}
+
+/// What the media actor asks the signaling layer to send to the client.
+#[derive(Debug)]
+pub enum MediaSignal {
+    Answer {
+        role: Role,
+        sdp: String,
+        tag: ReplyTag,
+    },
+    Offer {
+        role: Role,
+        sdp: String,
+    },
+    Candidate {
+        role: Role,
+        candidate: RTCIceCandidateInit,
+    },
+    /// A request (answer, candidate) was applied.
+    Ack {
+        tag: ReplyTag,
+    },
+    /// The client sent something unusable (bad SDP, an answer with no offer pending...).
+    Error {
+        tag: ReplyTag,
+        message: String,
+    },
+    /// A connection failed for good (ICE lost for 15 s): the member should be removed.
+    Failed {
+        role: Role,
+    },
+}
+
+/// Handle held by the member's signaling session.
+pub struct MediaHandle {
+    commands: mpsc::UnboundedSender<MediaCommand>,
+    done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl MediaHandle {
+    pub fn send(&self, command: MediaCommand) {
+        let _ = self.commands.send(command);
+    }
+
+    /// Closes both connections, unpublishes the member's tracks and waits for the actor to end.
+    pub async fn close(mut self) {
+        let _ = self.commands.send(MediaCommand::Close);
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+    }
+}
+
+impl Drop for MediaHandle {
+    fn drop(&mut self) {
+        // A handle dropped without close() (a panicking session) still ends the actor.
+        let _ = self.commands.send(MediaCommand::Close);
+    }
+}
+
+/// Settings shared by every member's media.
+#[derive(Clone)]
+pub struct MediaContext {
+    pub peer_options: PeerOptions,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Starts the media actor of `member` in `room`.
+pub fn spawn_member_media(
+    ctx: MediaContext,
+    member: MemberId,
+    room_id: RoomId,
+    room: Arc<SfuRoom>,
+    signals: mpsc::UnboundedSender<MediaSignal>,
+) -> MediaHandle {
+    let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+    room.join(&member, commands_tx.clone());
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+    let span = info_span!("media", room = %room_id, member = %member);
+    let actor = MemberMedia {
+        task: ctx.metrics.task_guard(),
+        ctx,
+        member,
+        room,
+        signals,
+        events_tx,
+        ended_tx,
+        publish: None,
+        subscribe: None,
+        published: HashMap::new(),
+        wanted: BTreeMap::new(),
+        forwarding: BTreeMap::new(),
+        offer_sent_at: None,
+        renegotiate: false,
+    };
+    let done = tokio::spawn(actor.run(commands_rx, events_rx, ended_rx).instrument(span));
+    MediaHandle {
+        commands: commands_tx,
+        done: Some(done),
+    }
+}
+
+struct Connection {
+    pc: Arc<dyn PeerConnection>,
+    has_remote_description: bool,
+    pending_candidates: Vec<RTCIceCandidateInit>,
+    _live: GaugeGuard,
+}
+
+/// One track forwarded to this member.
+struct DownTrack {
+    source: Arc<PublishedTrack>,
+    local: Arc<TrackLocalStaticRTP>,
+    sender: Arc<dyn RtpSender>,
+    ssrc: u32,
+    /// Set once the egress runs (after the answer); until then packets are not forwarded.
+    started: bool,
+}
+
+struct MemberMedia {
+    ctx: MediaContext,
+    member: MemberId,
+    room: Arc<SfuRoom>,
+    signals: mpsc::UnboundedSender<MediaSignal>,
+    events_tx: mpsc::UnboundedSender<(Role, PeerEvent)>,
+    ended_tx: mpsc::UnboundedSender<TrackId>,
+    publish: Option<Connection>,
+    subscribe: Option<Connection>,
+    /// Tracks this member publishes.
+    published: HashMap<TrackId, Arc<PublishedTrack>>,
+    /// Other members' tracks this member should receive.
+    wanted: BTreeMap<TrackId, Arc<PublishedTrack>>,
+    /// What the subscribe connection carries (or is being negotiated to carry).
+    forwarding: BTreeMap<TrackId, DownTrack>,
+    /// When the outstanding subscribe offer was sent; `None` when none is outstanding.
+    offer_sent_at: Option<Instant>,
+    /// The wanted set changed while an offer was outstanding.
+    renegotiate: bool,
+    task: GaugeGuard,
+}
+
+impl MemberMedia {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<MediaCommand>,
+        mut events: mpsc::UnboundedReceiver<(Role, PeerEvent)>,
+        mut ended: mpsc::UnboundedReceiver<TrackId>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    None | Some(MediaCommand::Close) => break,
+                    Some(command) => self.handle_command(command).await,
+                },
+                Some((role, event)) = events.recv() => {
+                    if !self.handle_event(role, event).await {
+                        break;
+                    }
+                }
+                Some(track) = ended.recv() => self.unpublish(track),
+                _ = tick.tick() => {
+                    if self.offer_sent_at.is_some_and(|t| t.elapsed() > ANSWER_TIMEOUT) {
+                        warn!("no answer to the subscribe offer, offering again");
+                        self.offer_sent_at = None;
+                        self.negotiate().await;
+                    }
+                }
+            }
+        }
+        self.shut_down().await;
+        drop(self.task);
+    }
+
+    async fn handle_command(&mut self, command: MediaCommand) {
+        match command {
+            MediaCommand::PublishOffer { sdp, tag } => self.on_publish_offer(sdp, tag).await,
+            MediaCommand::SubscribeAnswer { sdp, tag } => self.on_subscribe_answer(sdp, tag).await,
+            MediaCommand::Candidate {
+                role,
+                candidate,
+                tag,
+            } => self.on_remote_candidate(role, candidate, tag).await,
+            MediaCommand::TrackAdded(track) => {
+                self.wanted.insert(track.id, track);
+                self.negotiate().await;
+            }
+            MediaCommand::TrackRemoved(id) => {
+                if self.wanted.remove(&id).is_some() {
+                    self.negotiate().await;
+                }
+            }
+            MediaCommand::Close => {}
+        }
+    }
+
+    /// Returns false when the member should stop (a connection failed for good).
+    async fn handle_event(&mut self, role: Role, event: PeerEvent) -> bool {
+        match event {
+            PeerEvent::Candidate(candidate) => {
+                self.signal(MediaSignal::Candidate { role, candidate });
+            }
+            PeerEvent::GatheringComplete => {}
+            PeerEvent::State(state) => {
+                info!(pc = role.as_str(), state = %state, "connection state");
+                match state {
+                    RTCPeerConnectionState::Failed => {
+                        self.signal(MediaSignal::Failed { role });
+                        return false;
+                    }
+                    RTCPeerConnectionState::Connected if role == Role::Subscribe => {
+                        // Packets written before the subscriber's SRTP was up are lost:
+                        // start every video track with a fresh keyframe.
+                        for down in self.forwarding.values() {
+                            down.source.request_keyframe();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            PeerEvent::Track(remote) if role == Role::Publish => self.on_remote_track(remote).await,
+            PeerEvent::Track(_) => {}
+        }
+        true
+    }
+
+    fn signal(&self, signal: MediaSignal) {
+        let _ = self.signals.send(signal);
+    }
+
+    fn ack(&self, tag: ReplyTag) {
+        if tag.is_some() {
+            self.signal(MediaSignal::Ack { tag });
+        }
+    }
+
+    fn reply_error(&self, tag: ReplyTag, message: String) {
+        warn!(%message, "media request refused");
+        self.signal(MediaSignal::Error { tag, message });
+    }
+
+    async fn connection(&mut self, role: Role) -> Option<&mut Connection> {
+        let slot = match role {
+            Role::Publish => &self.publish,
+            Role::Subscribe => &self.subscribe,
+        };
+        if slot.is_none() {
+            let handler = EventForwarder::new(role, self.events_tx.clone());
+            match build_peer_connection(&self.ctx.peer_options, handler).await {
+                Ok(pc) => {
+                    let conn = Connection {
+                        pc,
+                        has_remote_description: false,
+                        pending_candidates: Vec::new(),
+                        _live: GaugeGuard::new(self.ctx.metrics.peer_connections.clone()),
+                    };
+                    match role {
+                        Role::Publish => self.publish = Some(conn),
+                        Role::Subscribe => self.subscribe = Some(conn),
+                    }
+                }
+                Err(e) => {
+                    warn!(pc = role.as_str(), error = %e, "cannot create peer connection");
+                    return None;
+                }
+            }
+        }
+        match role {
+            Role::Publish => self.publish.as_mut(),
+            Role::Subscribe => self.subscribe.as_mut(),
+        }
+    }
+
+    async fn on_publish_offer(&mut self, sdp: String, tag: ReplyTag) {
+        let offer = match RTCSessionDescription::offer(sdp) {
+            Ok(o) => o,
+            Err(e) => return self.reply_error(tag, format!("`sdp`: not a valid offer: {e}")),
+        };
+        let Some(conn) = self.connection(Role::Publish).await else {
+            return self.reply_error(tag, "media is unavailable right now".into());
+        };
+        let pc = conn.pc.clone();
+        if let Err(e) = pc.set_remote_description(offer).await {
+            return self.reply_error(tag, format!("`sdp`: offer refused: {e}"));
+        }
+        flush_candidates(conn).await;
+        let answer = match pc.create_answer(None).await {
+            Ok(a) => a,
+            Err(e) => {
+                return self.reply_error(tag, format!("`sdp`: cannot answer this offer: {e}"))
+            }
+        };
+        if let Err(e) = pc.set_local_description(answer).await {
+            return self.reply_error(tag, format!("`sdp`: cannot apply the answer: {e}"));
+        }
+        match pc.local_description().await {
+            Some(local) => self.signal(MediaSignal::Answer {
+                role: Role::Publish,
+                sdp: local.sdp,
+                tag,
+            }),
+            None => self.reply_error(tag, "no local description after answering".into()),
+        }
+    }
+
+    async fn on_remote_track(&mut self, remote: Arc<dyn TrackRemote>) {
+        let kind = remote.kind().await;
+        let ssrc = remote.ssrcs().await.first().copied();
+        let codec = match ssrc {
+            Some(ssrc) => remote.codec(ssrc).await,
+            None => None,
+        };
+        let Some(codec) = codec else {
+            warn!("published track without a negotiated codec, ignored");
+            return;
+        };
+        let track = PublishedTrack::start(
+            self.member.clone(),
+            remote,
+            kind,
+            codec,
+            self.ctx.metrics.clone(),
+            self.ended_tx.clone(),
+        );
+        info!(track = %track.id, kind = ?kind, codec = %track.codec.mime_type, "track published");
+        self.published.insert(track.id, track.clone());
+        self.room.publish(track);
+    }
+
+    fn unpublish(&mut self, id: TrackId) {
+        if self.published.remove(&id).is_some() {
+            info!(track = %id, "track ended");
+            self.room.unpublish(id);
+        }
+    }
+
+    async fn on_remote_candidate(
+        &mut self,
+        role: Role,
+        candidate: RTCIceCandidateInit,
+        tag: ReplyTag,
+    ) {
+        let conn = match role {
+            Role::Publish => self.publish.as_mut(),
+            Role::Subscribe => self.subscribe.as_mut(),
+        };
+        let Some(conn) = conn else {
+            return self.reply_error(
+                tag,
+                format!(
+                    "`pc`: no {} connection to add a candidate to",
+                    role.as_str()
+                ),
+            );
+        };
+        if !conn.has_remote_description {
+            if conn.pending_candidates.len() >= MAX_PENDING_CANDIDATES {
+                return self.reply_error(tag, "`candidate`: too many candidates".into());
+            }
+            conn.pending_candidates.push(candidate);
+            return self.ack(tag);
+        }
+        match conn.pc.add_ice_candidate(candidate).await {
+            Ok(()) => self.ack(tag),
+            Err(e) => self.reply_error(tag, format!("`candidate`: {e}")),
+        }
+    }
+
+    /// Brings the subscribe connection in line with `wanted` and offers, unless an offer is
+    /// already outstanding (then the change rides on the next offer).
+    async fn negotiate(&mut self) {
+        if self.offer_sent_at.is_some() {
+            self.renegotiate = true;
+            return;
+        }
+        self.renegotiate = false;
+        let gone: Vec<TrackId> = self
+            .forwarding
+            .keys()
+            .filter(|id| !self.wanted.contains_key(id))
+            .copied()
+            .collect();
+        let new: Vec<Arc<PublishedTrack>> = self
+            .wanted
+            .values()
+            .filter(|t| !self.forwarding.contains_key(&t.id))
+            .cloned()
+            .collect();
+        if gone.is_empty() && new.is_empty() {
+            return;
+        }
+        let member = self.member.clone();
+        let Some(conn) = self.connection(Role::Subscribe).await else {
+            return;
+        };
+        let pc = conn.pc.clone();
+        for id in gone {
+            if let Some(down) = self.forwarding.remove(&id) {
+                down.source.remove_subscriber(&member);
+                if let Err(e) = pc.remove_track(&down.sender).await {
+                    warn!(track = %id, error = %e, "remove_track failed");
+                }
+            }
+        }
+        for source in new {
+            let ssrc = random_ssrc();
+            let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                // The msid stream id is the publisher's member id: clients map tracks to tiles.
+                source.publisher.to_string(),
+                format!("{}-{}", kind_str(source.kind), source.id),
+                format!("{}-{}", source.publisher, kind_str(source.kind)),
+                source.kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec: source.codec.clone(),
+                    ..Default::default()
+                }],
+            )));
+            match pc.add_track(local.clone() as Arc<dyn TrackLocal>).await {
+                Ok(sender) => {
+                    self.forwarding.insert(
+                        source.id,
+                        DownTrack {
+                            source,
+                            local,
+                            sender,
+                            ssrc,
+                            started: false,
+                        },
+                    );
+                }
+                Err(e) => warn!(track = %source.id, error = %e, "add_track failed"),
+            }
+        }
+        let offer = match pc.create_offer(None).await {
+            Ok(o) => o,
+            Err(e) => return warn!(error = %e, "create_offer failed"),
+        };
+        if let Err(e) = pc.set_local_description(offer).await {
+            return warn!(error = %e, "set_local_description(offer) failed");
+        }
+        if let Some(local) = pc.local_description().await {
+            self.offer_sent_at = Some(Instant::now());
+            self.signal(MediaSignal::Offer {
+                role: Role::Subscribe,
+                sdp: local.sdp,
+            });
+        }
+    }
+
+    async fn on_subscribe_answer(&mut self, sdp: String, tag: ReplyTag) {
+        if self.offer_sent_at.is_none() {
+            return self.reply_error(
+                tag,
+                "`sdp`: no subscribe offer is waiting for an answer".into(),
+            );
+        }
+        let answer = match RTCSessionDescription::answer(sdp) {
+            Ok(a) => a,
+            Err(e) => return self.reply_error(tag, format!("`sdp`: not a valid answer: {e}")),
+        };
+        let Some(conn) = self.subscribe.as_mut() else {
+            return;
+        };
+        let pc = conn.pc.clone();
+        if let Err(e) = pc.set_remote_description(answer).await {
+            return self.reply_error(tag, format!("`sdp`: answer refused: {e}"));
+        }
+        flush_candidates(conn).await;
+        self.offer_sent_at = None;
+        self.ack(tag);
+        self.start_new_egresses().await;
+        if self.renegotiate {
+            self.negotiate().await;
+        }
+    }
+
+    /// Starts forwarding every track whose negotiation just completed.
+    async fn start_new_egresses(&mut self) {
+        let mut refused = Vec::new();
+        for (id, down) in self.forwarding.iter_mut().filter(|(_, d)| !d.started) {
+            let params = match down.sender.get_parameters().await {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(track = %id, error = %e, "no send parameters");
+                    continue;
+                }
+            };
+            let negotiated = params
+                .rtp_parameters
+                .codecs
+                .iter()
+                .find(|c| same_codec(&c.rtp_codec, &down.source.codec));
+            let Some(negotiated) = negotiated else {
+                info!(
+                    track = %id,
+                    codec = %down.source.codec.mime_type,
+                    "subscriber cannot decode this codec; track skipped for it"
+                );
+                refused.push(*id);
+                continue;
+            };
+            let (queue_tx, queue_rx) = mpsc::channel(SUBSCRIBER_QUEUE_LEN);
+            let egress = Egress {
+                local: down.local.clone(),
+                munger: RtpMunger::new(
+                    down.ssrc,
+                    negotiated.payload_type,
+                    down.source.codec.clock_rate,
+                ),
+                queue_rx,
+                source: Arc::downgrade(&down.source),
+                metrics: self.ctx.metrics.clone(),
+            };
+            tokio::spawn(egress.run().in_current_span());
+            down.source.add_subscriber(&self.member, queue_tx);
+            down.source.request_keyframe();
+            down.started = true;
+            self.ctx
+                .metrics
+                .track_subscribed_total
+                .with_label_values(&[kind_str(down.source.kind)])
+                .inc();
+        }
+        // A refused track stays in `forwarding` (negotiated as inactive) so it is not offered
+        // again and again; it leaves with its publisher.
+        let _ = refused;
+    }
+
+    async fn shut_down(&mut self) {
+        self.room.leave(&self.member);
+        for down in std::mem::take(&mut self.forwarding).into_values() {
+            down.source.remove_subscriber(&self.member);
+        }
+        self.wanted.clear();
+        self.published.clear();
+        for conn in [self.publish.take(), self.subscribe.take()]
+            .into_iter()
+            .flatten()
+        {
+            if let Err(e) = conn.pc.close().await {
+                warn!(error = %e, "closing peer connection");
+            }
+        }
+    }
+}
+
+async fn flush_candidates(conn: &mut Connection) {
+    conn.has_remote_description = true;
+    for candidate in std::mem::take(&mut conn.pending_candidates) {
+        if let Err(e) = conn.pc.add_ice_candidate(candidate).await {
+            warn!(error = %e, "buffered remote candidate refused");
+        }
+    }
+}
+
+fn kind_str(kind: RtpCodecKind) -> &'static str {
+    match kind {
+        RtpCodecKind::Video => "video",
+        _ => "audio",
+    }
+}
+
+/// A non-zero SSRC, unpredictable enough to not collide within one connection.
+fn random_ssrc() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    (h.finish() as u32).max(1)
+}

@@ -1,0 +1,19 @@
+//! Media: the selective forwarding unit. Nothing here knows about WebSockets or JSON; the
+//! signaling layer drives it through [`member::MediaHandle`] and relays [`member::MediaSignal`].
+//!
+//! Packet path: a publisher's RTP arrives on its publish connection → one ingress loop per
+//! published track ([`track`]) → a bounded queue per subscriber → one egress per subscriber per
+//! track ([`egress`]) that rewrites the packet with its own [`forwarder::RtpMunger`] and writes
+//! it to the subscriber's connection. Keyframe requests flow back the same way, throttled per
+//! track.
+//!
+//! Ownership: [`room::SfuRoom`] knows the room's members and published tracks; each member's
+//! [`member`] actor owns its two peer connections and all of its forwarding state.
+
+pub mod codecs;
+pub mod egress;
+pub mod forwarder;
+pub mod member;
+pub mod peer;
+pub mod room;
+pub mod track;

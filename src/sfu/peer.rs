@@ -1,0 +1,162 @@
+//! Building a webrtc-rs peer connection the way every Yoom connection needs it, and turning its
+//! callbacks into events on a channel.
+//!
+//! Callbacks run on the connection's own driver task, so the handler never does work there:
+//! it forwards each event to whoever owns the connection. It holds no reference to the
+//! connection itself (a strong one would be a cycle that keeps the connection alive forever).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtc::ice::mdns::MulticastDnsMode;
+use tokio::sync::mpsc;
+use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, SettingEngineBuilder,
+};
+
+use crate::sfu::codecs::media_engine_and_interceptors;
+
+/// ICE consent: a connection without traffic is Disconnected after this long...
+const ICE_DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(5);
+/// ...and Failed this much later: 15 s in all, after which the member is removed.
+const ICE_FAILED_TIMEOUT: Duration = Duration::from_secs(10);
+const ICE_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// What a peer connection reports to its owner.
+pub enum PeerEvent {
+    /// A local ICE candidate to trickle to the remote side.
+    Candidate(RTCIceCandidateInit),
+    GatheringComplete,
+    State(RTCPeerConnectionState),
+    /// A remote track started (its first RTP packet arrived).
+    Track(Arc<dyn TrackRemote>),
+}
+
+/// Forwards callbacks as `(tag, event)` so one owner can serve several connections.
+pub struct EventForwarder<T: Copy + Send + Sync + 'static> {
+    tag: T,
+    events: mpsc::UnboundedSender<(T, PeerEvent)>,
+}
+
+impl<T: Copy + Send + Sync + 'static> EventForwarder<T> {
+    pub fn new(tag: T, events: mpsc::UnboundedSender<(T, PeerEvent)>) -> Arc<Self> {
+        Arc::new(EventForwarder { tag, events })
+    }
+
+    fn send(&self, event: PeerEvent) {
+        // The owner may be gone already while the connection closes; nothing left to tell.
+        let _ = self.events.send((self.tag, event));
+    }
+}
+
+#[async_trait::async_trait]
+impl<T: Copy + Send + Sync + 'static> PeerConnectionEventHandler for EventForwarder<T> {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = event.candidate.to_json() {
+            self.send(PeerEvent::Candidate(init));
+        }
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.send(PeerEvent::GatheringComplete);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        self.send(PeerEvent::State(state));
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        self.send(PeerEvent::Track(track));
+    }
+}
+
+/// Where a connection binds its UDP sockets and which ICE servers it uses.
+#[derive(Debug, Clone, Default)]
+pub struct PeerOptions {
+    /// One UDP socket (ephemeral port) per address; each yields a host candidate.
+    pub udp_ips: Vec<IpAddr>,
+    pub ice_servers: Vec<RTCIceServer>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("no address to bind media sockets to")]
+    NoAddress,
+    #[error("webrtc: {0}")]
+    WebRtc(#[from] webrtc::error::Error),
+}
+
+/// Builds a connection with Yoom's codecs and interceptors whose events go to `handler`.
+pub async fn build_peer_connection(
+    options: &PeerOptions,
+    handler: Arc<dyn PeerConnectionEventHandler>,
+) -> Result<Arc<dyn PeerConnection>, PeerError> {
+    if options.udp_ips.is_empty() {
+        return Err(PeerError::NoAddress);
+    }
+    let (engine, registry) = media_engine_and_interceptors()?;
+    let settings = SettingEngineBuilder::new()
+        // The default (query mode) binds a multicast socket per connection and fails where
+        // there is no multicast; candidates from browsers with mDNS names still connect
+        // through peer-reflexive pairs.
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .with_ice_timeouts(
+            Some(ICE_DISCONNECTED_TIMEOUT),
+            Some(ICE_FAILED_TIMEOUT),
+            Some(ICE_KEEPALIVE_INTERVAL),
+        )
+        .build();
+    let udp_addrs: Vec<SocketAddr> = options
+        .udp_ips
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, 0))
+        .collect();
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(
+            RTCConfigurationBuilder::new()
+                .with_ice_servers(options.ice_servers.clone())
+                .build(),
+        )
+        .with_media_engine(engine)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(settings)
+        .with_handler(handler)
+        .with_udp_addrs(udp_addrs)
+        .build()
+        .await?;
+    Ok(Arc::new(pc))
+}
+
+/// The addresses media binds to by default: loopback when signaling is bound to loopback,
+/// otherwise every non-loopback interface address (loopback if the machine has none).
+pub fn default_media_ips(signaling_bind: IpAddr) -> Vec<IpAddr> {
+    if signaling_bind.is_loopback() {
+        return vec![signaling_bind];
+    }
+    let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| !ip.is_loopback() && !is_link_local(ip))
+        .filter(|ip| signaling_bind.is_unspecified() || *ip == signaling_bind)
+        .collect();
+    ips.sort();
+    ips.dedup();
+    if ips.is_empty() {
+        ips.push(IpAddr::from([127, 0, 0, 1]));
+    }
+    ips
+}
+
+fn is_link_local(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}

@@ -1,0 +1,230 @@
+//! A published track: the ingress loop that reads the publisher's RTP and hands each packet to
+//! every subscriber's bounded queue, and the throttled keyframe requests back to the publisher.
+//!
+//! Per packet the ingress wraps the packet in one `Arc` and, for each subscriber, clones that
+//! `Arc` into a `try_send`: no lock (the subscriber list is an `ArcSwap` snapshot), no
+//! allocation per subscriber, and a full queue only costs that subscriber a dropped packet.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+
+use crate::ids::MemberId;
+use crate::metrics::Metrics;
+
+/// At most one keyframe request per track per this interval reaches the publisher; requests in
+/// between are merged into the next one, so a PLI storm from many subscribers stays cheap.
+pub const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
+
+/// Packets queued towards one subscriber for one track: about 1.5 s of 1.5 Mbit/s video. A
+/// subscriber further behind than that is better served by dropping and a fresh keyframe.
+pub const SUBSCRIBER_QUEUE_LEN: usize = 256;
+
+/// Server-wide unique id of a published track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrackId(pub u64);
+
+impl TrackId {
+    pub fn next() -> TrackId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        TrackId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl std::fmt::Display for TrackId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "t{}", self.0)
+    }
+}
+
+pub type SharedPacket = Arc<rtp::Packet>;
+
+/// One subscriber's queue for this track.
+#[derive(Clone)]
+struct Downstream {
+    subscriber: MemberId,
+    queue_tx: mpsc::Sender<SharedPacket>,
+}
+
+pub struct PublishedTrack {
+    pub id: TrackId,
+    pub publisher: MemberId,
+    pub kind: RtpCodecKind,
+    pub codec: RTCRtpCodec,
+    downstreams: ArcSwap<Vec<Downstream>>,
+    keyframe_tx: mpsc::Sender<()>,
+}
+
+impl PublishedTrack {
+    pub fn is_video(&self) -> bool {
+        self.kind == RtpCodecKind::Video
+    }
+
+    /// Starts forwarding this track into `queue_tx`.
+    pub fn add_subscriber(&self, subscriber: &MemberId, queue_tx: mpsc::Sender<SharedPacket>) {
+        self.downstreams.rcu(|current| {
+            let mut next: Vec<Downstream> = current
+                .iter()
+                .filter(|d| &d.subscriber != subscriber)
+                .cloned()
+                .collect();
+            next.push(Downstream {
+                subscriber: subscriber.clone(),
+                queue_tx: queue_tx.clone(),
+            });
+            next
+        });
+    }
+
+    pub fn remove_subscriber(&self, subscriber: &MemberId) {
+        self.downstreams.rcu(|current| {
+            current
+                .iter()
+                .filter(|d| &d.subscriber != subscriber)
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.downstreams.load().len()
+    }
+
+    /// Asks the publisher for a keyframe (throttled; never waits).
+    pub fn request_keyframe(&self) {
+        if self.is_video() {
+            let _ = self.keyframe_tx.try_send(());
+        }
+    }
+
+    /// Creates the track and spawns its ingress loop, which ends when the publisher's track
+    /// ends or its connection closes; `ended_tx` then receives the track id.
+    pub fn start(
+        publisher: MemberId,
+        remote: Arc<dyn TrackRemote>,
+        kind: RtpCodecKind,
+        codec: RTCRtpCodec,
+        metrics: Arc<Metrics>,
+        ended_tx: mpsc::UnboundedSender<TrackId>,
+    ) -> Arc<PublishedTrack> {
+        // Capacity 1: requests arriving while one is pending merge into it.
+        let (keyframe_tx, keyframe_rx) = mpsc::channel(1);
+        let track = Arc::new(PublishedTrack {
+            id: TrackId::next(),
+            publisher,
+            kind,
+            codec,
+            downstreams: ArcSwap::from_pointee(Vec::new()),
+            keyframe_tx,
+        });
+        let kind_label = if track.is_video() { "video" } else { "audio" };
+        metrics
+            .track_published_total
+            .with_label_values(&[kind_label])
+            .inc();
+        let ingress = Ingress {
+            track: Arc::downgrade(&track),
+            id: track.id,
+            remote,
+            metrics,
+            keyframe_rx,
+            last_keyframe_request: None,
+            keyframe_pending: false,
+            media_ssrc: 0,
+        };
+        tokio::spawn(async move {
+            let id = ingress.id;
+            ingress.run().await;
+            let _ = ended_tx.send(id);
+        });
+        track
+    }
+}
+
+struct Ingress {
+    /// Weak: the room owns the track; a departed publisher's track must not be kept alive here.
+    track: std::sync::Weak<PublishedTrack>,
+    id: TrackId,
+    remote: Arc<dyn TrackRemote>,
+    metrics: Arc<Metrics>,
+    keyframe_rx: mpsc::Receiver<()>,
+    last_keyframe_request: Option<Instant>,
+    keyframe_pending: bool,
+    media_ssrc: u32,
+}
+
+impl Ingress {
+    async fn run(mut self) {
+        let _task = self.metrics.task_guard();
+        let mut drops: u64 = 0;
+        loop {
+            let throttle_left = self.keyframe_pending.then(|| {
+                self.last_keyframe_request.map_or(Duration::ZERO, |t| {
+                    KEYFRAME_THROTTLE.saturating_sub(t.elapsed())
+                })
+            });
+            tokio::select! {
+                event = self.remote.poll() => match event {
+                    Some(TrackRemoteEvent::OnRtpPacket(packet)) => {
+                        let Some(track) = self.track.upgrade() else { break };
+                        self.media_ssrc = packet.header.ssrc;
+                        self.metrics.packets_in_total.inc();
+                        self.metrics.bytes_in_total.inc_by(packet.payload.len() as u64);
+                        let packet = Arc::new(packet);
+                        let downstreams = track.downstreams.load();
+                        for d in downstreams.iter() {
+                            if d.queue_tx.try_send(packet.clone()).is_err() {
+                                self.metrics.drops_queue_full_total.inc();
+                                drops += 1;
+                                if drops % 100 == 1 {
+                                    debug!(track = %self.id, subscriber = %d.subscriber, drops, "subscriber queue full, dropping");
+                                }
+                                self.keyframe_pending = true;
+                            }
+                        }
+                    }
+                    Some(TrackRemoteEvent::OnEnded) | None => break,
+                    Some(_) => {}
+                },
+                request = self.keyframe_rx.recv() => {
+                    if request.is_none() { break }
+                    self.keyframe_pending = true;
+                }
+                () = sleep_opt(throttle_left) => {
+                    self.send_keyframe_request().await;
+                }
+            }
+        }
+    }
+
+    async fn send_keyframe_request(&mut self) {
+        self.keyframe_pending = false;
+        self.last_keyframe_request = Some(Instant::now());
+        if self.media_ssrc == 0 {
+            return;
+        }
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: self.media_ssrc,
+        };
+        match self.remote.write_rtcp(vec![Box::new(pli)]).await {
+            Ok(()) => self.metrics.pli_sent_total.inc(),
+            Err(e) => warn!(track = %self.id, error = %e, "keyframe request failed"),
+        }
+    }
+}
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}

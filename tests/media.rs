@@ -1,0 +1,299 @@
+//! The SFU with real webrtc-rs peers on 127.0.0.1: forwarding, keyframe requests, renegotiation,
+//! and that nothing is left behind when members go.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::media::{MediaPeer, PeerConfig, TrackKey};
+use common::TestServer;
+
+fn video(p: &MediaPeer) -> TrackKey {
+    (p.id.clone(), "video")
+}
+
+fn audio(p: &MediaPeer) -> TrackKey {
+    (p.id.clone(), "audio")
+}
+
+async fn wait_metric(server: &TestServer, series: &str, want: f64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = server.metric(series).await;
+        if v == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} is {v}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_subscribers_receive_everything_in_order_and_intact() {
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    let mut publisher = MediaPeer::join(&url, "r", "pub").await;
+    let subs = [
+        MediaPeer::join(&url, "r", "s1").await,
+        MediaPeer::join(&url, "r", "s2").await,
+        MediaPeer::join(&url, "r", "s3").await,
+    ];
+    publisher.publish(200).await;
+    // Wait until every subscriber is receiving, then count a window of markers.
+    for s in &subs {
+        s.wait_received(&video(&publisher), Duration::from_secs(10), |r| {
+            r.packets > 20
+        })
+        .await;
+        s.wait_received(&audio(&publisher), Duration::from_secs(10), |r| {
+            r.packets > 5
+        })
+        .await;
+    }
+    let start = publisher.video_sent.load(Ordering::SeqCst) + 10;
+    let end = start + 600; // 3 s at 200 packets/s
+    for s in &subs {
+        let r = s
+            .wait_received(&video(&publisher), Duration::from_secs(15), |r| {
+                r.markers.last().is_some_and(|&m| m >= end)
+            })
+            .await;
+        let window: Vec<u32> = r
+            .markers
+            .iter()
+            .copied()
+            .filter(|m| (start..end).contains(m))
+            .collect();
+        assert!(
+            window.len() as f64 >= 0.99 * f64::from(end - start),
+            "{} of {} packets arrived",
+            window.len(),
+            end - start
+        );
+        assert!(
+            window.windows(2).all(|w| w[0] < w[1]),
+            "in order, no duplicates"
+        );
+        assert_eq!(r.corrupt, 0, "payload bytes intact");
+        assert_eq!(r.ssrcs.len(), 1, "one SSRC as negotiated: {:?}", r.ssrcs);
+        assert_ne!(
+            r.ssrcs[0],
+            common::media::VIDEO_SSRC,
+            "rewritten for the subscriber"
+        );
+        assert_eq!(
+            r.payload_types,
+            vec![96],
+            "the payload type the subscriber negotiated"
+        );
+        let a = s.received(&audio(&publisher));
+        assert_eq!(a.payload_types, vec![111]);
+        assert_eq!(a.corrupt, 0);
+    }
+    assert!(server.metric("yoom_packets_forwarded_total").await > 1800.0);
+    assert_eq!(
+        server
+            .metric("yoom_track_published_total{kind=\"video\"}")
+            .await,
+        1.0
+    );
+    drop(subs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_subscriber_gets_a_keyframe_request_sent_to_the_publisher() {
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    let mut publisher = MediaPeer::join(&url, "r", "pub").await;
+    let first = MediaPeer::join(&url, "r", "early").await;
+    publisher.publish(100).await;
+    first
+        .wait_received(&video(&publisher), Duration::from_secs(10), |r| {
+            r.packets > 10
+        })
+        .await;
+    // Let the throttle window of the early subscriber's requests pass.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before = publisher.plis_received.load(Ordering::SeqCst);
+    let joined_at = Instant::now();
+    let late = MediaPeer::join(&url, "r", "late").await;
+    late.wait_received(&video(&publisher), Duration::from_secs(10), |r| {
+        r.packets > 0
+    })
+    .await;
+    let pli_at = loop {
+        let times = publisher.pli_times.lock().unwrap().clone();
+        if let Some(t) = times.get(before) {
+            break *t;
+        }
+        assert!(
+            joined_at.elapsed() < Duration::from_secs(3),
+            "no PLI reached the publisher"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let delay = pli_at.duration_since(joined_at);
+    assert!(delay < Duration::from_secs(1), "PLI after {delay:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pli_storm_from_ten_subscribers_is_throttled() {
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    let mut publisher = MediaPeer::join(&url, "r", "pub").await;
+    let mut subs = Vec::new();
+    for i in 0..10 {
+        subs.push(MediaPeer::join(&url, "r", &format!("s{i}")).await);
+    }
+    publisher.publish(100).await;
+    for s in &subs {
+        s.wait_received(&video(&publisher), Duration::from_secs(15), |r| {
+            r.packets > 5
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start = Instant::now();
+    let before = publisher.plis_received.load(Ordering::SeqCst);
+    let before_in = server.metric("yoom_keyframe_requests_in_total").await;
+    // Every subscriber asks for a keyframe every 20 ms for 3 s.
+    while start.elapsed() < Duration::from_secs(3) {
+        for s in &subs {
+            s.send_pli(&video(&publisher)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let got = publisher.plis_received.load(Ordering::SeqCst) - before;
+    let secs = start.elapsed().as_secs_f64();
+    let asked = server.metric("yoom_keyframe_requests_in_total").await - before_in;
+    assert!(
+        asked > 300.0,
+        "the storm reached the server ({asked} requests)"
+    );
+    assert!(got >= 1, "requests are merged, not lost");
+    assert!(
+        (got as f64) / secs <= 3.0,
+        "{got} PLIs in {secs:.1} s reached the publisher"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_leaving_is_removed_from_subscribers_by_a_re_offer() {
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    let mut publisher = MediaPeer::join(&url, "r", "pub").await;
+    let mut sub = MediaPeer::join(&url, "r", "sub").await;
+    publisher.publish(100).await;
+    sub.wait_received(&video(&publisher), Duration::from_secs(10), |r| {
+        r.packets > 5
+    })
+    .await;
+    let offers = sub.offers_received.load(Ordering::SeqCst);
+    let pub_id = publisher.id.clone();
+    assert!(sub
+        .last_offer_sdp
+        .lock()
+        .unwrap()
+        .contains(&format!("a=msid:{pub_id} ")));
+    publisher.leave().await;
+    let left = sub.recv_type("member_left").await;
+    assert_eq!(left["id"], pub_id.as_str());
+    // Its two tracks go away in one or two re-offers (a change arriving while an offer is
+    // outstanding rides on the next one); in the end nothing is sent to the subscriber.
+    let sends = |sdp: &str| {
+        sdp.lines()
+            .any(|l| l.starts_with("a=sendonly") || l.starts_with("a=sendrecv"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let sdp = sub.last_offer_sdp.lock().unwrap().clone();
+        if sub.offers_received.load(Ordering::SeqCst) > offers && !sends(&sdp) {
+            assert!(!sdp.contains(&format!("a=msid:{pub_id} ")), "{sdp}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the publisher's tracks are still offered:\n{sdp}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_metric(
+        &server,
+        "yoom_peer_connections",
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_publishers_is_coalesced_into_few_offers() {
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    // This subscriber answers slowly, so changes pile up while an offer is outstanding.
+    let watcher = MediaPeer::join_with(
+        &url,
+        "r",
+        "watcher",
+        PeerConfig {
+            answer_delay: Duration::from_millis(400),
+        },
+    )
+    .await;
+    let mut publishers = Vec::new();
+    for i in 0..10 {
+        let mut p = MediaPeer::join(&url, "r", &format!("p{i}")).await;
+        p.publish(50).await;
+        publishers.push(p);
+    }
+    for p in &publishers {
+        watcher
+            .wait_received(&video(p), Duration::from_secs(20), |r| r.packets > 3)
+            .await;
+        watcher
+            .wait_received(&audio(p), Duration::from_secs(20), |r| r.packets > 3)
+            .await;
+    }
+    let offers = watcher.offers_received.load(Ordering::SeqCst);
+    assert!(offers < 10, "20 new tracks took {offers} offers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_leave_cycles_leave_no_connection_or_task_behind() {
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    let mut host = MediaPeer::join(&url, "r", "host").await;
+    host.publish(50).await;
+    for i in 0..50 {
+        let mut guest = MediaPeer::join(&url, "r", &format!("g{i}")).await;
+        if i % 5 == 0 {
+            // Some guests publish too, and get the host's media before leaving.
+            guest.publish(50).await;
+            guest
+                .wait_received(&video(&host), Duration::from_secs(10), |r| r.packets > 0)
+                .await;
+        }
+        guest.leave().await;
+    }
+    host.leave().await;
+    wait_metric(
+        &server,
+        "yoom_peer_connections",
+        0.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    wait_metric(&server, "yoom_media_tasks", 0.0, Duration::from_secs(10)).await;
+    wait_metric(
+        &server,
+        "yoom_participant_total",
+        0.0,
+        Duration::from_secs(10),
+    )
+    .await;
+}
