@@ -28,7 +28,10 @@ fn run_browser_test(file: &str) {
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/browser-deps.sh"))
         .status()
         .expect("run browser-deps.sh");
-    assert!(deps.success(), "installing the browser test dependencies failed");
+    assert!(
+        deps.success(),
+        "installing the browser test dependencies failed"
+    );
 
     let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser");
     std::fs::create_dir_all(&screenshots).unwrap();
@@ -38,7 +41,10 @@ fn run_browser_test(file: &str) {
         .env("SCREENSHOT_DIR", &screenshots)
         .status()
         .expect("run node");
-    assert!(status.success(), "browser test {file} failed (see its output above)");
+    assert!(
+        status.success(),
+        "browser test {file} failed (see its output above)"
+    );
 }
 
 #[test]
