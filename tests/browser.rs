@@ -23,7 +23,23 @@ fn in_loopback_namespace(script: &str) -> Command {
     cmd
 }
 
-fn run_browser_test(file: &str) {
+/// Every `*.test.mjs` in `tests/browser/`, run by one `node --test` (which runs files one at a
+/// time on a 2-core machine, so Chromium instances do not compete for the CPU).
+fn browser_test_files() -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(browser_dir())
+        .expect("tests/browser exists")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".test.mjs"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn web_client_in_chromium() {
+    let files = browser_test_files();
+    assert!(!files.is_empty(), "no browser tests found");
     let deps = Command::new("bash")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/browser-deps.sh"))
         .status()
@@ -35,19 +51,17 @@ fn run_browser_test(file: &str) {
 
     let screenshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser");
     std::fs::create_dir_all(&screenshots).unwrap();
-    let status = in_loopback_namespace(&format!("exec node --test --test-reporter=spec {file}"))
-        .current_dir(browser_dir())
-        .env("YOOM_BIN", env!("CARGO_BIN_EXE_yoom"))
-        .env("SCREENSHOT_DIR", &screenshots)
-        .status()
-        .expect("run node");
+    let status = in_loopback_namespace(&format!(
+        "exec node --test --test-concurrency=1 --test-reporter=spec {}",
+        files.join(" ")
+    ))
+    .current_dir(browser_dir())
+    .env("YOOM_BIN", env!("CARGO_BIN_EXE_yoom"))
+    .env("SCREENSHOT_DIR", &screenshots)
+    .status()
+    .expect("run node");
     assert!(
         status.success(),
-        "browser test {file} failed (see its output above)"
+        "browser tests {files:?} failed (see their output above)"
     );
-}
-
-#[test]
-fn lobby_and_chat_in_chromium() {
-    run_browser_test("lobby_chat.test.mjs");
 }
