@@ -188,7 +188,7 @@ mod tests {
                     &header(
                         1,
                         65533u16.wrapping_add(i),
-                        u32::MAX - 3000 + u32::from(i) * 1000,
+                        (u32::MAX - 3000).wrapping_add(u32::from(i) * 1000),
                     ),
                     t,
                 )
