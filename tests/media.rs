@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 use common::media::{MediaPeer, PeerConfig, TrackKey};
 use common::TestServer;
 
+/// Media scenarios run one at a time: each one alone keeps both cores busy with real SRTP,
+/// and running them side by side would test the machine's scheduler rather than forwarding.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn video(p: &MediaPeer) -> TrackKey {
     (p.id.clone(), "video")
 }
@@ -34,6 +38,7 @@ async fn wait_metric(server: &TestServer, series: &str, want: f64, within: Durat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_subscribers_receive_everything_in_order_and_intact() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let server = TestServer::start().await;
     let url = server.ws_url();
     let mut publisher = MediaPeer::join(&url, "r", "pub").await;
@@ -106,6 +111,7 @@ async fn three_subscribers_receive_everything_in_order_and_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_subscriber_gets_a_keyframe_request_sent_to_the_publisher() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let server = TestServer::start().await;
     let url = server.ws_url();
     let mut publisher = MediaPeer::join(&url, "r", "pub").await;
@@ -142,6 +148,7 @@ async fn a_late_subscriber_gets_a_keyframe_request_sent_to_the_publisher() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pli_storm_from_ten_subscribers_is_throttled() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let server = TestServer::start().await;
     let url = server.ws_url();
     let mut publisher = MediaPeer::join(&url, "r", "pub").await;
@@ -184,6 +191,7 @@ async fn a_pli_storm_from_ten_subscribers_is_throttled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_leaving_is_removed_from_subscribers_by_a_re_offer() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let server = TestServer::start().await;
     let url = server.ws_url();
     let mut publisher = MediaPeer::join(&url, "r", "pub").await;
@@ -233,6 +241,7 @@ async fn a_publisher_leaving_is_removed_from_subscribers_by_a_re_offer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_publishers_is_coalesced_into_few_offers() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let server = TestServer::start().await;
     let url = server.ws_url();
     // This subscriber answers slowly, so changes pile up while an offer is outstanding.
@@ -242,6 +251,7 @@ async fn a_burst_of_publishers_is_coalesced_into_few_offers() {
         "watcher",
         PeerConfig {
             answer_delay: Duration::from_millis(400),
+            ..PeerConfig::default()
         },
     )
     .await;
@@ -265,6 +275,7 @@ async fn a_burst_of_publishers_is_coalesced_into_few_offers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_leave_cycles_leave_no_connection_or_task_behind() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let server = TestServer::start().await;
     let url = server.ws_url();
     let mut host = MediaPeer::join(&url, "r", "host").await;
@@ -296,4 +307,81 @@ async fn join_leave_cycles_leave_no_connection_or_task_behind() {
         Duration::from_secs(10),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_feedback_and_congestion_control_are_negotiated_and_nacks_answered() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    let mut publisher = MediaPeer::join(&url, "r", "pub").await;
+    let sub = MediaPeer::join(&url, "r", "sub").await;
+    publisher.publish(100).await;
+    // Towards the publisher: NACK generation, PLI/FIR and TWCC feedback.
+    let answer = publisher.publish_answer_sdp.clone();
+    for needle in [
+        "a=rtcp-fb:96 nack\r",
+        "a=rtcp-fb:96 nack pli",
+        "a=rtcp-fb:96 ccm fir",
+        "a=rtcp-fb:96 transport-cc",
+        "transport-wide-cc",
+    ] {
+        assert!(
+            answer.contains(needle),
+            "publish answer lacks {needle:?}:\n{answer}"
+        );
+    }
+    let r = sub
+        .wait_received(&video(&publisher), Duration::from_secs(10), |r| {
+            r.packets > 50
+        })
+        .await;
+    let offer = sub.last_offer_sdp.lock().unwrap().clone();
+    assert!(offer.contains("a=rtcp-fb:96 nack\r"), "{offer}");
+    assert!(r.markers.len() > 50);
+
+    // A subscriber behind a link that loses every 25th packet still gets everything: its NACKs
+    // are answered from the server's retransmission buffer for it.
+    let lossy = MediaPeer::join_with(
+        &url,
+        "r",
+        "lossy",
+        PeerConfig {
+            subscribe_drop_every: Some(25),
+            ..PeerConfig::default()
+        },
+    )
+    .await;
+    lossy
+        .wait_received(&video(&publisher), Duration::from_secs(10), |r| {
+            r.packets > 20
+        })
+        .await;
+    let start = publisher.video_sent.load(Ordering::SeqCst) + 10;
+    let end = start + 400;
+    let r = lossy
+        .wait_received(&video(&publisher), Duration::from_secs(15), |r| {
+            r.markers.iter().any(|&m| m >= end + 50)
+        })
+        .await;
+    let mut window: Vec<u32> = r
+        .markers
+        .iter()
+        .copied()
+        .filter(|m| (start..end).contains(m))
+        .collect();
+    window.sort_unstable();
+    window.dedup();
+    let dropped = lossy.relay_dropped.load(Ordering::SeqCst);
+    assert!(dropped >= 15, "the relay dropped {dropped} packets");
+    assert!(
+        window.len() as u32 >= end - start - 1,
+        "{} of {} packets arrived despite {dropped} drops: NACKs were not answered; missing {:?}",
+        window.len(),
+        end - start,
+        (start..end)
+            .filter(|m| window.binary_search(m).is_err())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(r.corrupt, 0, "retransmissions are intact");
 }

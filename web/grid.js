@@ -55,6 +55,10 @@ export class VideoGrid {
     tile.initials.textContent = initials(member.name);
     tile.initials.style.background = avatarColor(member.name);
     tile.root.classList.toggle('audio-muted', !!tile.member.audio_muted);
+    // The member's announced state (member_updated), for styling and tests; whether video is
+    // actually shown is the `has-video` class.
+    tile.root.dataset.audioMuted = String(!!tile.member.audio_muted);
+    tile.root.dataset.videoMuted = String(!!tile.member.video_muted);
     tile.micState.replaceChildren(tile.member.audio_muted ? icon('micOff', { size: 16, label: 'Microphone muted' }) : '');
     this.refreshVideo(tile);
   }

@@ -82,6 +82,9 @@ pub struct PeerOptions {
     /// One UDP socket (ephemeral port) per address; each yields a host candidate.
     pub udp_ips: Vec<IpAddr>,
     pub ice_servers: Vec<RTCIceServer>,
+    /// SRTP anti-replay window in packets; `None` keeps the library default, `Some(0)` turns
+    /// replay protection off (only test peers that must observe retransmitted duplicates).
+    pub srtp_replay_window: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +104,7 @@ pub async fn build_peer_connection(
         return Err(PeerError::NoAddress);
     }
     let (engine, registry) = media_engine_and_interceptors()?;
-    let settings = SettingEngineBuilder::new()
+    let mut settings = SettingEngineBuilder::new()
         // The default (query mode) binds a multicast socket per connection and fails where
         // there is no multicast; candidates from browsers with mDNS names still connect
         // through peer-reflexive pairs.
@@ -110,8 +113,11 @@ pub async fn build_peer_connection(
             Some(ICE_DISCONNECTED_TIMEOUT),
             Some(ICE_FAILED_TIMEOUT),
             Some(ICE_KEEPALIVE_INTERVAL),
-        )
-        .build();
+        );
+    if let Some(window) = options.srtp_replay_window {
+        settings = settings.with_srtp_replay_protection_window(window);
+    }
+    let settings = settings.build();
     let udp_addrs: Vec<SocketAddr> = options
         .udp_ips
         .iter()

@@ -5,138 +5,20 @@
 //
 // Env: YOOM_BIN (required) the server binary; SCREENSHOT_DIR (default ../../target/browser,
 // relative to this folder) where PNGs of the lobby and the room view are written;
-// CHROMIUM (default /usr/bin/chromium).
-// The server is started here on 127.0.0.1 with port 0 and its URL read from its log line
-// "listening on http://127.0.0.1:PORT". Every wait is bounded, so a broken build fails, never hangs.
+// CHROMIUM (default /usr/bin/chromium). Server start, Chromium launch and bounded waits live in
+// harness.mjs.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import {
+  YOOM_BIN, SCREENSHOT_DIR, SERVER_START_MS, SERVER_STOP_MS, BROWSER_LAUNCH_MS, WAIT_MS,
+  startServer, stopServer, launchBrowser, eventually, sleep, openPerson as openPersonIn,
+} from './harness.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const YOOM_BIN = process.env.YOOM_BIN;
-const SCREENSHOT_DIR = process.env.SCREENSHOT_DIR
-  ? path.resolve(process.env.SCREENSHOT_DIR)
-  : path.resolve(HERE, '../../target/browser');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-
-const SERVER_START_MS = 20_000;
-const SERVER_STOP_MS = 5_000;
-const BROWSER_LAUNCH_MS = 30_000;
-const WAIT_MS = 10_000; // any single UI expectation
 const TEST_MS = 120_000;
 const MEDIA_SETTLE_MS = 8_000;
-const LOG_KEEP_CHARS = 64 * 1024;
-
-// Flags from shared/LAB.md; the media ones make a later `media: true` server work without prompts.
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--use-fake-ui-for-media-stream',
-  '--use-fake-device-for-media-stream',
-  '--allow-loopback-in-peer-connection',
-  '--autoplay-policy=no-user-gesture-required',
-];
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-// eslint-disable-next-line no-control-regex
-const stripAnsi = (s) => s.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '');
-
-/** Starts `$YOOM_BIN serve --bind 127.0.0.1 --port 0`; resolves once it logs its URL. */
-function startServer() {
-  return new Promise((resolve, reject) => {
-    const child = spawn(YOOM_BIN, ['serve', '--bind', '127.0.0.1', '--port', '0'], {
-      env: { ...process.env, NO_COLOR: '1' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let log = '';
-    let settled = false;
-    const keep = (chunk) => {
-      log = (log + chunk).slice(-LOG_KEEP_CHARS);
-    };
-    const fail = (err) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      child.kill('SIGKILL');
-      reject(err);
-    };
-    const timer = setTimeout(
-      () => fail(new Error(`server printed no "listening on http://127.0.0.1:PORT" within ${SERVER_START_MS} ms; log:\n${log}`)),
-      SERVER_START_MS,
-    );
-    const server = { child, url: null, log: () => log };
-    const scan = (text) => {
-      const match = stripAnsi(text).match(/listening on (http:\/\/127\.0\.0\.1:\d+)/);
-      if (match && !settled) {
-        settled = true;
-        clearTimeout(timer);
-        server.url = match[1];
-        resolve(server);
-      }
-    };
-    // Keep draining both pipes for the whole run: a full pipe would block the server's logging.
-    // The URL line is expected on stderr (tracing's default); stdout is scanned too, to be lenient.
-    const lineReader = () => {
-      let partial = '';
-      return (d) => {
-        const text = d.toString();
-        keep(text);
-        partial += text;
-        const lines = partial.split('\n');
-        partial = lines.pop();
-        for (const line of lines) scan(line);
-        scan(partial);
-      };
-    };
-    child.stdout.on('data', lineReader());
-    child.stderr.on('data', lineReader());
-    child.on('error', (err) => fail(new Error(`cannot start ${YOOM_BIN}: ${err.message}`)));
-    child.on('exit', (code, signal) => fail(new Error(`server exited before listening (${code ?? signal}); log:\n${log}`)));
-  });
-}
-
-async function stopServer(server) {
-  const { child } = server;
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((r) => child.once('exit', r));
-  child.kill('SIGTERM');
-  const done = await Promise.race([exited.then(() => true), sleep(SERVER_STOP_MS).then(() => false)]);
-  if (!done) {
-    child.kill('SIGKILL');
-    await Promise.race([exited, sleep(SERVER_STOP_MS)]);
-  }
-}
-
-/** Polls `fn` until it returns a truthy value; fails with `what` after `timeout` ms. */
-async function eventually(fn, what, timeout = WAIT_MS) {
-  const deadline = Date.now() + timeout;
-  let lastError = null;
-  let lastValue;
-  for (;;) {
-    try {
-      lastValue = await fn();
-      if (lastValue) return lastValue;
-    } catch (err) {
-      lastError = err;
-    }
-    if (Date.now() > deadline) {
-      const detail = lastError ? ` (last error: ${lastError.message})` : '';
-      throw new Error(`timed out after ${timeout} ms waiting for ${what}${detail}`);
-    }
-    await sleep(100);
-  }
-}
 
 const memberNames = async (page) =>
   (await page.locator('[data-testid="member-item"] [data-testid="member-name"]').allTextContents()).map((s) => s.trim()).sort();
@@ -162,12 +44,7 @@ before(async () => {
   assert.ok(YOOM_BIN, 'set YOOM_BIN to the yoom server binary, e.g. YOOM_BIN=../../target/debug/yoom');
   mkdirSync(SCREENSHOT_DIR, { recursive: true });
   server = await startServer();
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: CHROMIUM_ARGS,
-    timeout: BROWSER_LAUNCH_MS,
-  });
+  browser = await launchBrowser();
 }, { timeout: SERVER_START_MS + BROWSER_LAUNCH_MS + 5_000 });
 
 after(async () => {
@@ -176,18 +53,7 @@ after(async () => {
 }, { timeout: 3 * SERVER_STOP_MS });
 
 /** A fresh browser context (own storage, like a separate person) with one page. */
-async function openPerson(label, url, viewport = { width: 1280, height: 800 }) {
-  const context = await browser.newContext({ viewport });
-  context.setDefaultTimeout(WAIT_MS);
-  context.setDefaultNavigationTimeout(WAIT_MS);
-  const page = await context.newPage();
-  page.on('pageerror', (err) => pageErrors.push(`${label}: ${err.message}`));
-  page.on('console', (msg) => {
-    if (msg.type() === 'error') console.log(`[${label} console.error] ${msg.text()}`);
-  });
-  await page.goto(url, { waitUntil: 'domcontentloaded' });
-  return page;
-}
+const openPerson = (label, url, viewport) => openPersonIn(browser, label, url, { pageErrors, viewport });
 
 test('lobby lists rooms live; room links, member lists and chat work across browsers', { timeout: TEST_MS }, async () => {
   try {

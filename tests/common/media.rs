@@ -13,6 +13,7 @@ use bytes::{BufMut, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -27,7 +28,9 @@ use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit, RTCSessionDes
 use yoom::sfu::codecs::supported_codecs;
 use yoom::sfu::peer::{build_peer_connection, EventForwarder, PeerEvent, PeerOptions};
 
+use super::relay::LossyRelay;
 use super::STEP;
+use std::net::SocketAddr;
 
 pub const VIDEO_SSRC: u32 = 0x1000_0001;
 pub const AUDIO_SSRC: u32 = 0x1000_0002;
@@ -49,6 +52,8 @@ pub struct Received {
     pub payload_types: Vec<u8>,
     pub corrupt: u64,
     pub first_at: Option<Instant>,
+    pub last_seq: u16,
+    pub last_ssrc: u32,
 }
 
 /// (publisher member id = msid, "video"|"audio")
@@ -66,6 +71,10 @@ pub struct MediaPeer {
     pub offers_received: Arc<AtomicUsize>,
     pub last_offer_sdp: Arc<Mutex<String>>,
     pub video_sent: Arc<AtomicU32>,
+    /// Packets the subscribe relay dropped (when `subscribe_drop_every` is set).
+    pub relay_dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// The server's answer to this peer's publish offer.
+    pub publish_answer_sdp: String,
     sending: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     publish_pc: Arc<Mutex<Option<Arc<dyn PeerConnection>>>>,
@@ -73,23 +82,47 @@ pub struct MediaPeer {
     publish_events: Option<mpsc::UnboundedSender<(Side, PeerEvent)>>,
 }
 
+#[derive(Clone)]
 pub struct PeerConfig {
     /// Delay before answering a subscribe offer (to provoke coalescing).
     pub answer_delay: Duration,
+    /// Route the subscribe connection through a relay that drops every n-th RTP packet sent to
+    /// this peer.
+    pub subscribe_drop_every: Option<u64>,
 }
 
 impl Default for PeerConfig {
     fn default() -> Self {
         PeerConfig {
             answer_delay: Duration::ZERO,
+            subscribe_drop_every: None,
         }
     }
+}
+
+/// Replaces the address of an ICE candidate line/string with `to`; returns the old address.
+fn redirect_candidate(candidate: &str, to: SocketAddr) -> (String, Option<SocketAddr>) {
+    let mut parts: Vec<String> = candidate.split(' ').map(str::to_owned).collect();
+    if parts.len() < 6 {
+        return (candidate.to_owned(), None);
+    }
+    let old = format!("{}:{}", parts[4], parts[5]).parse().ok();
+    parts[4] = to.ip().to_string();
+    parts[5] = to.port().to_string();
+    (parts.join(" "), old)
+}
+
+fn candidate_addr(candidate: &str) -> Option<SocketAddr> {
+    let parts: Vec<&str> = candidate.split(' ').collect();
+    format!("{}:{}", parts.get(4)?, parts.get(5)?).parse().ok()
 }
 
 fn options() -> PeerOptions {
     PeerOptions {
         udp_ips: vec!["127.0.0.1".parse().unwrap()],
         ice_servers: vec![],
+        // So that a retransmission of a packet that did arrive is seen (NACK test).
+        srtp_replay_window: Some(0),
     }
 }
 
@@ -151,6 +184,8 @@ impl MediaPeer {
             offers_received: Default::default(),
             last_offer_sdp: Default::default(),
             video_sent: Default::default(),
+            relay_dropped: Default::default(),
+            publish_answer_sdp: String::new(),
             sending: Arc::new(AtomicBool::new(true)),
             tasks: Vec::new(),
             publish_pc: Default::default(),
@@ -174,9 +209,12 @@ impl MediaPeer {
         let (offers, last_offer) = (peer.offers_received.clone(), peer.last_offer_sdp.clone());
         let out = out_tx.clone();
         let events_for_sub = events_tx.clone();
+        let relay_dropped = peer.relay_dropped.clone();
         peer.tasks.push(tokio::spawn(async move {
             let mut pending: HashMap<Side, Vec<RTCIceCandidateInit>> = HashMap::new();
             let mut have_remote: HashMap<Side, bool> = HashMap::new();
+            let mut relay: Option<LossyRelay> = None;
+            let drop_every = cfg.subscribe_drop_every;
             loop {
                 tokio::select! {
                     frame = ws_rx.next() => {
@@ -189,6 +227,7 @@ impl MediaPeer {
                             Some("answer") if v["pc"] == "publish" => {
                                 let pc = publish_pc.lock().unwrap().clone().unwrap();
                                 let answer = RTCSessionDescription::answer(v["sdp"].as_str().unwrap().to_owned()).unwrap();
+                                // (the sdp stays in `v` for the test to inspect)
                                 pc.set_remote_description(answer).await.unwrap();
                                 have_remote.insert(Side::Publish, true);
                                 for c in pending.remove(&Side::Publish).unwrap_or_default() {
@@ -198,7 +237,26 @@ impl MediaPeer {
                             }
                             Some("offer") if v["pc"] == "subscribe" => {
                                 offers.fetch_add(1, Ordering::SeqCst);
-                                let sdp = v["sdp"].as_str().unwrap().to_owned();
+                                let mut sdp = v["sdp"].as_str().unwrap().to_owned();
+                                if let Some(every) = drop_every {
+                                    let mut lines = Vec::new();
+                                    for line in sdp.split("\r\n") {
+                                        if let Some(c) = line.strip_prefix("a=") .filter(|l| l.starts_with("candidate:")) {
+                                            if relay.is_none() {
+                                                if let Some(server) = candidate_addr(c) {
+                                                    let r = LossyRelay::start(server, every).await;
+                                                    relay_dropped_link(&relay_dropped, &r);
+                                                    relay = Some(r);
+                                                }
+                                            }
+                                            let to = relay.as_ref().unwrap().client_facing;
+                                            lines.push(format!("a={}", redirect_candidate(c, to).0));
+                                        } else {
+                                            lines.push(line.to_owned());
+                                        }
+                                    }
+                                    sdp = lines.join("\r\n");
+                                }
                                 *last_offer.lock().unwrap() = sdp.clone();
                                 if !cfg.answer_delay.is_zero() {
                                     tokio::time::sleep(cfg.answer_delay).await;
@@ -221,12 +279,33 @@ impl MediaPeer {
                                 let answer = pc.create_answer(None).await.unwrap();
                                 pc.set_local_description(answer).await.unwrap();
                                 let local = pc.local_description().await.unwrap();
-                                let _ = out.send(json!({"type":"answer","pc":"subscribe","sdp":local.sdp}));
+                                let mut answer_sdp = local.sdp;
+                                if drop_every.is_some() {
+                                    // The server must only learn this peer through the relay.
+                                    answer_sdp = answer_sdp
+                                        .split("\r\n")
+                                        .filter(|l| !l.starts_with("a=candidate:"))
+                                        .collect::<Vec<_>>()
+                                        .join("\r\n");
+                                }
+                                let _ = out.send(json!({"type":"answer","pc":"subscribe","sdp":answer_sdp}));
                                 let _ = msg_tx.send(json!({"type":"offer","pc":"subscribe"}));
                             }
                             Some("candidate") => {
                                 let side = if v["pc"] == "publish" { Side::Publish } else { Side::Subscribe };
-                                let c: RTCIceCandidateInit = serde_json::from_value(v["candidate"].clone()).unwrap();
+                                let mut c: RTCIceCandidateInit = serde_json::from_value(v["candidate"].clone()).unwrap();
+                                if let (Side::Subscribe, Some(every)) = (side, drop_every) {
+                                    if relay.is_none() {
+                                        if let Some(server) = candidate_addr(&c.candidate) {
+                                            let r = LossyRelay::start(server, every).await;
+                                            relay_dropped_link(&relay_dropped, &r);
+                                            relay = Some(r);
+                                        }
+                                    }
+                                    if let Some(r) = &relay {
+                                        c.candidate = redirect_candidate(&c.candidate, r.client_facing).0;
+                                    }
+                                }
                                 let pc = match side {
                                     Side::Publish => publish_pc.lock().unwrap().clone(),
                                     Side::Subscribe => subscribe_pc.lock().unwrap().clone(),
@@ -242,6 +321,7 @@ impl MediaPeer {
                         }
                     }
                     Some((side, event)) = events_rx.recv() => match event {
+                        PeerEvent::Candidate(_) if side == Side::Subscribe && drop_every.is_some() => {}
                         PeerEvent::Candidate(c) => {
                             let pc = if side == Side::Publish { "publish" } else { "subscribe" };
                             let _ = out.send(json!({"type":"candidate","pc":pc,"candidate":{
@@ -325,6 +405,7 @@ impl MediaPeer {
         self.send(json!({"type":"offer","pc":"publish","sdp":sdp,"ref":"pub"}));
         let answer = self.recv_type("answer").await;
         assert_eq!(answer["ref"], "pub");
+        self.publish_answer_sdp = answer["sdp"].as_str().unwrap().to_owned();
 
         let video_pt = video_sender
             .get_parameters()
@@ -424,6 +505,32 @@ impl MediaPeer {
         }
     }
 
+    /// Sends a NACK from this subscriber for the `count` packets up to the last one received.
+    pub async fn send_nack(&self, key: &TrackKey, count: u16) {
+        let track = self
+            .remote_tracks
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .unwrap();
+        let r = self.received(key);
+        let first = r.last_seq.wrapping_sub(count - 1);
+        let mut lost_packets = 0u16;
+        for i in 0..count.saturating_sub(1) {
+            lost_packets |= 1 << i;
+        }
+        let nack = TransportLayerNack {
+            sender_ssrc: 0,
+            media_ssrc: r.last_ssrc,
+            nacks: vec![NackPair {
+                packet_id: first,
+                lost_packets,
+            }],
+        };
+        track.write_rtcp(vec![Box::new(nack)]).await.unwrap();
+    }
+
     /// Closes the WebSocket (which leaves the room) and both connections.
     pub async fn leave(mut self) {
         self.stop_sending();
@@ -513,6 +620,8 @@ async fn read_track(
             let entry = r.entry(key.clone()).or_default();
             entry.packets += 1;
             entry.first_at.get_or_insert_with(Instant::now);
+            entry.last_seq = pkt.header.sequence_number;
+            entry.last_ssrc = pkt.header.ssrc;
             if entry.ssrcs.last() != Some(&pkt.header.ssrc) {
                 entry.ssrcs.push(pkt.header.ssrc);
             }
@@ -533,4 +642,18 @@ async fn read_track(
         }
     }
     remote_tracks.lock().unwrap().remove(&key);
+}
+
+/// Shares the relay's drop counter with the peer (the relay lives in the driver task).
+fn relay_dropped_link(counter: &Arc<std::sync::atomic::AtomicU64>, relay: &LossyRelay) {
+    let (from, to) = (relay.dropped.clone(), counter.clone());
+    tokio::spawn(async move {
+        loop {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+            if Arc::strong_count(&from) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod media;
+pub mod relay;
 
 use std::net::SocketAddr;
 use std::time::Duration;
