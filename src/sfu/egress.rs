@@ -2,6 +2,7 @@
 //! subscriber's connection and writes it; turns the subscriber's PLI/FIR into a keyframe
 //! request on the source track.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -22,6 +23,8 @@ pub struct Egress {
     /// Weak: a subscriber must not keep a departed publisher's track alive.
     pub source: Weak<PublishedTrack>,
     pub metrics: Arc<Metrics>,
+    /// Whether the subscriber's connection can carry media yet.
+    pub connected: Arc<AtomicBool>,
 }
 
 impl Egress {
@@ -32,6 +35,10 @@ impl Egress {
             tokio::select! {
                 packet = self.queue_rx.recv() => {
                     let Some(packet) = packet else { break };
+                    if !self.connected.load(Ordering::Relaxed) {
+                        // Not encryptable yet; the subscriber gets a keyframe once connected.
+                        continue;
+                    }
                     if packet.payload.is_empty() {
                         // Padding-only (bandwidth probing): nothing for the subscriber.
                         self.munger.skip(&packet.header);

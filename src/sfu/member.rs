@@ -7,6 +7,7 @@
 //! All per-subscriber forwarding state (one [`Egress`] per forwarded track) is created here.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,9 @@ use crate::sfu::track::{PublishedTrack, TrackId, SUBSCRIBER_QUEUE_LEN};
 
 /// If the client has not answered a subscribe offer by then, the offer is sent again.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Track changes arriving within this window go out in one offer (a publisher's audio and video
+/// tracks start a few milliseconds apart; a leaving member's tracks go together).
+const NEGOTIATION_DEBOUNCE: Duration = Duration::from_millis(30);
 /// Remote candidates kept while waiting for a remote description; more is a misbehaving client.
 const MAX_PENDING_CANDIDATES: usize = 64;
 
@@ -172,6 +176,8 @@ pub fn spawn_member_media(
         forwarding: BTreeMap::new(),
         offer_sent_at: None,
         renegotiate: false,
+        negotiate_at: None,
+        subscriber_connected: Arc::new(AtomicBool::new(false)),
     };
     let done = tokio::spawn(actor.run(commands_rx, events_rx, ended_rx).instrument(span));
     MediaHandle {
@@ -216,6 +222,11 @@ struct MemberMedia {
     offer_sent_at: Option<Instant>,
     /// The wanted set changed while an offer was outstanding.
     renegotiate: bool,
+    /// When to negotiate the latest track changes (debounced).
+    negotiate_at: Option<tokio::time::Instant>,
+    /// Whether the subscribe connection is up; egresses drop packets until it is, since
+    /// webrtc-rs cannot encrypt them before DTLS completes.
+    subscriber_connected: Arc<AtomicBool>,
     task: GaugeGuard,
 }
 
@@ -239,6 +250,10 @@ impl MemberMedia {
                     }
                 }
                 Some(track) = ended.recv() => self.unpublish(track),
+                () = sleep_until_opt(self.negotiate_at) => {
+                    self.negotiate_at = None;
+                    self.negotiate().await;
+                }
                 _ = tick.tick() => {
                     if self.offer_sent_at.is_some_and(|t| t.elapsed() > ANSWER_TIMEOUT) {
                         warn!("no answer to the subscribe offer, offering again");
@@ -263,14 +278,20 @@ impl MemberMedia {
             } => self.on_remote_candidate(role, candidate, tag).await,
             MediaCommand::TrackAdded(track) => {
                 self.wanted.insert(track.id, track);
-                self.negotiate().await;
+                self.schedule_negotiation();
             }
             MediaCommand::TrackRemoved(id) => {
                 if self.wanted.remove(&id).is_some() {
-                    self.negotiate().await;
+                    self.schedule_negotiation();
                 }
             }
             MediaCommand::Close => {}
+        }
+    }
+
+    fn schedule_negotiation(&mut self) {
+        if self.negotiate_at.is_none() {
+            self.negotiate_at = Some(tokio::time::Instant::now() + NEGOTIATION_DEBOUNCE);
         }
     }
 
@@ -288,7 +309,13 @@ impl MemberMedia {
                         self.signal(MediaSignal::Failed { role });
                         return false;
                     }
+                    RTCPeerConnectionState::Disconnected | RTCPeerConnectionState::Closed
+                        if role == Role::Subscribe =>
+                    {
+                        self.subscriber_connected.store(false, Ordering::Relaxed);
+                    }
                     RTCPeerConnectionState::Connected if role == Role::Subscribe => {
+                        self.subscriber_connected.store(true, Ordering::Relaxed);
                         // Packets written before the subscriber's SRTP was up are lost:
                         // start every video track with a fresh keyframe.
                         for down in self.forwarding.values() {
@@ -594,6 +621,7 @@ impl MemberMedia {
                 queue_rx,
                 source: Arc::downgrade(&down.source),
                 metrics: self.ctx.metrics.clone(),
+                connected: self.subscriber_connected.clone(),
             };
             tokio::spawn(egress.run().in_current_span());
             down.source.add_subscriber(&self.member, queue_tx);
@@ -625,6 +653,10 @@ impl MemberMedia {
                 warn!(error = %e, "closing peer connection");
             }
         }
+        info!(
+            live_peer_connections = self.ctx.metrics.peer_connections.get(),
+            "media closed"
+        );
     }
 }
 
@@ -652,4 +684,11 @@ fn random_ssrc() -> u32 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
     (h.finish() as u32).max(1)
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
