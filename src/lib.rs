@@ -10,6 +10,7 @@
 //! - [`room`]: the registry that owns every room's state behind one short lock, and each
 //!   client's bounded outbox.
 //! - [`metrics`]: every Prometheus metric, named once.
+//! - [`load`]: `yoom load`, the load tool (simulated members, loss/delay/CPU report).
 //!
 //! [`run`] serves until its shutdown future resolves; `main.rs` only parses the command line.
 
@@ -17,7 +18,9 @@ pub mod app;
 pub mod config;
 pub mod http;
 pub mod ids;
+pub mod load;
 pub mod metrics;
+pub mod proc_stat;
 pub mod protocol;
 pub mod room;
 pub mod sfu;

@@ -24,6 +24,11 @@ enum Command {
     ///
     /// Every flag can also be set with the YOOM_* variable shown, or in the config file.
     Serve(ServeArgs),
+    /// Load a running Yoom server with simulated members and report loss, delay and CPU.
+    ///
+    /// Each room gets --publishers members sending synthetic video (and --audio) and
+    /// --subscribers receive-only members; every member is a real WebRTC peer in this process.
+    Load(yoom::load::LoadArgs),
 }
 
 /// After a shutdown signal the process exits within this time, whatever is still running.
@@ -33,6 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Load(args) => load(args),
     }
 }
 
@@ -94,6 +100,27 @@ fn serve(args: ServeArgs) -> ExitCode {
     });
     runtime.shutdown_timeout(Duration::from_millis(200));
     code
+}
+
+fn load(args: yoom::load::LoadArgs) -> ExitCode {
+    let json = args.json;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("yoom load: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(yoom::load::run(args)) {
+        Ok(report) => {
+            let _ = yoom::load::print_report(&report, json, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("yoom load: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn wait_for_signal() {

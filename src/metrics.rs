@@ -4,7 +4,9 @@
 //! One `Metrics` per server instance (not a global), so tests can run several servers in one
 //! process and read each one's numbers.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Counter, Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 pub struct Metrics {
     registry: Registry,
@@ -48,6 +50,11 @@ pub struct Metrics {
     pub pli_sent_total: IntCounter,
     /// Keyframe requests (PLI/FIR) received from subscribers.
     pub keyframe_requests_in_total: IntCounter,
+    /// This process's CPU time (user + system), refreshed at every scrape.
+    process_cpu_seconds_total: Counter,
+    /// This process's resident memory, refreshed at every scrape.
+    process_resident_memory_bytes: IntGauge,
+    cpu_seconds_seen: std::sync::Mutex<f64>,
 }
 
 impl Metrics {
@@ -139,7 +146,38 @@ impl Metrics {
                 "keyframe_requests_in_total",
                 "PLI/FIR received from subscribers",
             ),
+            process_cpu_seconds_total: {
+                let c = Counter::new(
+                    "process_cpu_seconds_total",
+                    "CPU time (user + system) of the Yoom process, in seconds",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
+            process_resident_memory_bytes: gauge(
+                "process_resident_memory_bytes",
+                "Resident memory of the Yoom process",
+            ),
+            cpu_seconds_seen: std::sync::Mutex::new(0.0),
             registry,
+        }
+    }
+
+    fn refresh_process(&self) {
+        let sample = crate::proc_stat::ProcessSample::of_self();
+        self.process_resident_memory_bytes
+            .set(sample.rss_bytes as i64);
+        let mut seen = self
+            .cpu_seconds_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if sample.cpu_seconds > *seen {
+            self.process_cpu_seconds_total
+                .inc_by(sample.cpu_seconds - *seen);
+            *seen = sample.cpu_seconds;
         }
     }
 
@@ -150,6 +188,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.refresh_process();
         let mut buf = Vec::new();
         // OK because encoding into a Vec cannot fail and the text format is UTF-8.
         TextEncoder::new()

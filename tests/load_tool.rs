@@ -1,0 +1,47 @@
+//! Smoke test of `yoom load`: a tiny scenario against a real server; asserts only that media
+//! flowed and was counted (speed targets live in the benchmarks, not in tests).
+
+mod common;
+
+use common::TestServer;
+use yoom::load::{run, LoadArgs};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_scenario_flows_and_is_counted() {
+    let server = TestServer::start().await;
+    let args = LoadArgs {
+        url: format!("http://{}", server.addr),
+        rooms: 1,
+        publishers: 2,
+        subscribers: 2,
+        duration: 3,
+        join_rate: 20.0,
+        video_kbps: 600,
+        packet_bytes: 1200,
+        audio: true,
+        server_pid: None,
+        media_ip: "127.0.0.1".parse().unwrap(),
+        json: true,
+    };
+    let report = tokio::time::timeout(std::time::Duration::from_secs(60), run(args))
+        .await
+        .expect("load run ends")
+        .expect("load run succeeds");
+    assert_eq!(report.members, 4);
+    assert_eq!(report.members_failed, 0);
+    // 2 subscribers × 2 publishers + each publisher receiving the other.
+    assert_eq!(report.video_streams_expected, 6);
+    assert_eq!(report.video.tracks, 6);
+    assert!(report.video.packets_received > 100, "{report:?}");
+    assert!(report.video_packets_sent > 50);
+    assert!(report.server_packets_forwarded.unwrap_or(0) > 100);
+    assert!(report.video.delay_ms_p50.is_some());
+    let mut table = Vec::new();
+    yoom::load::print_report(&report, false, &mut table).unwrap();
+    let table = String::from_utf8(table).unwrap();
+    assert!(table.contains("server CPU per forwarded packet"), "{table}");
+    assert!(
+        table.lines().last().unwrap().starts_with("PASS")
+            || table.lines().last().unwrap().starts_with("FAIL")
+    );
+}
