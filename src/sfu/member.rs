@@ -625,7 +625,11 @@ impl MemberMedia {
             };
             tokio::spawn(egress.run().in_current_span());
             down.source.add_subscriber(&self.member, queue_tx);
-            down.source.request_keyframe();
+            // Before the connection is up nothing can be sent; the Connected event asks then,
+            // and an early request would only hold the next one back by the throttle.
+            if self.subscriber_connected.load(Ordering::Relaxed) {
+                down.source.request_keyframe();
+            }
             down.started = true;
             self.ctx
                 .metrics
