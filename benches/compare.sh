@@ -1,54 +1,117 @@
 #!/usr/bin/env bash
-# Load scenarios against a release build of Yoom: the server pinned to core 0, the load tool to
-# core 1, everything on loopback inside a private network namespace. Prints one report per
-# scenario and a summary table; JSON reports land in target/bench/.
+# Yoom and Janus side by side under the same load: each server in turn pinned to core 0, the load
+# tool (`yoom load`) on core 1, everything inside a private network namespace (loopback plus a
+# veth pair for Janus, which ignores loopback interfaces). Prints a report per run and a
+# side-by-side table; JSON reports land in target/bench/.
 #
-#   bash benches/compare.sh                # all scenarios, 20 s each
-#   DURATION=10 bash benches/compare.sh 1x25
+#   bash benches/compare.sh                       # all scenarios, both servers, 20 s each
+#   DURATION=10 TARGETS=yoom bash benches/compare.sh 1x25
 #
 # Scenarios: 1x25, 1x100, 1x200 (one publisher, N receive-only subscribers), 5x5 (five members
-# who all publish). Janus is not driven yet (see docs/benchmarks.md).
+# who all publish). Needs: root (namespaces), taskset, curl, python3, Debian's janus package
+# (installed here when missing and TARGETS includes janus).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TARGETS="${TARGETS:-yoom janus}"
 
 if [ "${YOOM_BENCH_IN_NS:-}" != 1 ]; then
+  if [[ " $TARGETS " == *" janus "* ]] && ! command -v janus >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends janus >/dev/null
+  fi
   cargo build --release --quiet
-  exec unshare -n env YOOM_BENCH_IN_NS=1 bash -c 'ip link set lo up && exec bash "$0" "$@"' "$0" "$@"
+  exec unshare -n env YOOM_BENCH_IN_NS=1 TARGETS="$TARGETS" bash -c 'exec bash "$0" "$@"' "$0" "$@"
 fi
 
 DURATION="${DURATION:-20}"
-PORT=3300
-BIN=target/release/yoom
-OUT=target/bench
+BIN="$PWD/target/release/yoom"
+OUT="$PWD/target/bench"
 mkdir -p "$OUT"
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(1x25 1x100 1x200 5x5)
 
-taskset -c 0 "$BIN" serve --bind 127.0.0.1 --port "$PORT" --log warn --max-room-members 1000 >"$OUT/server.log" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 50); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+ip link set lo up
+ip link add v0 type veth peer name v1
+ip addr add 127.0.1.1/32 dev v0
+ip link set v0 up
+ip link set v1 up
 
-for s in "${scenarios[@]}"; do
-  case "$s" in
-    1x*) pubs=1; subs="${s#1x}" ;;
-    5x5) pubs=5; subs=0 ;;
-    *) echo "unknown scenario $s" >&2; exit 2 ;;
-  esac
-  echo "== scenario $s: $pubs publisher(s), $subs subscriber(s), ${DURATION}s =="
-  taskset -c 1 "$BIN" load --url "http://127.0.0.1:$PORT" --rooms 1 --publishers "$pubs" \
-    --subscribers "$subs" --duration "$DURATION" --join-rate 50 --audio \
-    --server-pid "$SERVER" --json >"$OUT/yoom-$s.json"
-  python3 - "$OUT/yoom-$s.json" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-v = r["video"]
-cpu = r["server_cpu_us_per_forwarded_packet"]
-print(f'streams {v["tracks"]}/{r["video_streams_expected"]}  loss {v["loss_percent"]:.3f}%  '
-      f'delay p99 {v["delay_ms_p99"]} ms  first frame p95 {v["first_keyframe_ms_p95"]} ms  '
-      f'CPU {cpu if cpu is None else round(cpu, 2)} µs/pkt  RSS {r["server_rss_mib"]:.1f} MiB  '
-      f'tool CPU {r["tool_cpu_percent"]:.0f}%')
-print(r["verdict"])
-PY
-  sleep 2
+SERVER=
+stop_server() { [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null || true; SERVER=; }
+trap stop_server EXIT
+
+start_yoom() {
+  taskset -c 0 "$BIN" serve --bind 127.0.0.1 --port 3300 --log warn --max-room-members 1000 \
+    >"$OUT/yoom-server.log" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 50); do curl -sf http://127.0.0.1:3300/healthz >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "yoom did not start" >&2; exit 1
+}
+
+start_janus() {
+  local conf="$OUT/janus-conf"
+  rm -rf "$conf"; mkdir -p "$conf/plugins" "$conf/transports" "$conf/none"
+  sed "s|@CONF@|$conf|g" benches/janus/janus.jcfg.in >"$conf/janus.jcfg"
+  cp benches/janus/janus.plugin.videoroom.jcfg benches/janus/janus.transport.http.jcfg "$conf/"
+  ln -s /usr/lib/x86_64-linux-gnu/janus/plugins/libjanus_videoroom.so "$conf/plugins/"
+  ln -s /usr/lib/x86_64-linux-gnu/janus/transports/libjanus_http.so "$conf/transports/"
+  taskset -c 0 janus -C "$conf/janus.jcfg" -F "$conf" >"$OUT/janus-server.log" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 100); do
+    curl -sf -X POST -d '{"janus":"info","transaction":"x"}' http://127.0.1.1:8088/janus >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  echo "janus did not start" >&2; exit 1
+}
+
+for target in $TARGETS; do
+  for s in "${scenarios[@]}"; do
+    case "$s" in
+      1x*) pubs=1; subs="${s#1x}" ;;
+      5x5) pubs=5; subs=0 ;;
+      *) echo "unknown scenario $s" >&2; exit 2 ;;
+    esac
+    # A fresh server per run, so memory and CPU belong to that scenario alone.
+    if [ "$target" = yoom ]; then
+      start_yoom
+      args=(--url http://127.0.0.1:3300 --media-ip 127.0.0.1)
+    else
+      start_janus
+      args=(--target janus --janus-api 127.0.1.1:8088 --url http://127.0.1.1:8088 --media-ip 127.0.1.1)
+    fi
+    echo "== $target $s: $pubs publisher(s), $subs subscriber(s), ${DURATION}s =="
+    taskset -c 1 "$BIN" load "${args[@]}" --rooms 1 --publishers "$pubs" --subscribers "$subs" \
+      --duration "$DURATION" --join-rate 50 --audio --server-pid "$SERVER" --json >"$OUT/$target-$s.json" || true
+    stop_server
+    sleep 1
+  done
 done
+
+python3 - "$OUT" "$TARGETS" "${scenarios[@]}" <<'PY'
+import json, os, sys
+out, targets, scenarios = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
+def load(t, s):
+    p = os.path.join(out, f"{t}-{s}.json")
+    try:
+        return json.load(open(p))
+    except Exception:
+        return None
+fmt = lambda v, d=2: "n/a" if v is None else f"{v:.{d}f}"
+print()
+print(f"{'scenario':<8} {'server':<6} {'streams':>9} {'loss %':>7} {'p99 ms':>7} {'1st key p95':>11} {'core %':>7} {'µs/pkt':>7} {'RSS MiB':>8} {'tool %':>7}")
+for s in scenarios:
+    row = {}
+    for t in targets:
+        r = load(t, s)
+        if r is None:
+            print(f"{s:<8} {t:<6} (no result)")
+            continue
+        v = r["video"]
+        core = 100 * r["server_cpu_s"] / r["duration_s"] if r["server_cpu_s"] is not None else None
+        row[t] = r["server_cpu_us_per_delivered_packet"]
+        print(f"{s:<8} {t:<6} {v['tracks']:>4}/{r['video_streams_expected']:<4} {fmt(v['loss_percent'],3):>7} "
+              f"{fmt(v['delay_ms_p99'],1):>7} {fmt(v['first_keyframe_ms_p95'],0):>11} {fmt(core,0):>7} "
+              f"{fmt(r['server_cpu_us_per_delivered_packet']):>7} {fmt(r['server_rss_mib'],1):>8} {fmt(r['tool_cpu_percent'],0):>7}")
+    if row.get("yoom") and row.get("janus"):
+        print(f"{'':<8} ratio: Janus needs {row['janus']/row['yoom']:.2f}× Yoom's CPU per delivered packet")
+print("\nµs/pkt = server CPU time over the run (joins included) / packets (video+audio) the subscribers received.")
+PY

@@ -22,6 +22,8 @@ async fn a_tiny_scenario_flows_and_is_counted() {
         server_pid: None,
         media_ip: "127.0.0.1".parse().unwrap(),
         json: true,
+        target: yoom::load::Target::Yoom,
+        janus_api: None,
     };
     let report = tokio::time::timeout(std::time::Duration::from_secs(60), run(args))
         .await
@@ -36,6 +38,7 @@ async fn a_tiny_scenario_flows_and_is_counted() {
     assert!(report.video_packets_sent > 50);
     assert!(report.server_packets_forwarded.unwrap_or(0) > 100);
     assert!(report.video.delay_ms_p50.is_some());
+    assert!(report.packets_delivered >= report.video.packets_received);
     let mut table = Vec::new();
     yoom::load::print_report(&report, false, &mut table).unwrap();
     let table = String::from_utf8(table).unwrap();

@@ -67,6 +67,8 @@ pub struct MemberPlan {
 pub struct RunCounters {
     pub connected: AtomicU64,
     pub video_packets_received: AtomicU64,
+    /// Every packet (video and audio) subscribers received.
+    pub packets_received: AtomicU64,
     pub video_packets_sent: AtomicU64,
     pub plis_received: AtomicU64,
     pub failed: AtomicU64,
@@ -82,6 +84,14 @@ pub struct MemberHandle {
 }
 
 impl MemberHandle {
+    pub(crate) fn new(
+        tracks: Arc<Mutex<HashMap<TrackKey, TrackStats>>>,
+        stop: Arc<AtomicBool>,
+        task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) -> MemberHandle {
+        MemberHandle { tracks, stop, task }
+    }
+
     /// Stops sending and closes the member; returns its error, if it failed.
     pub async fn finish(self) -> anyhow::Result<()> {
         self.stop.store(true, Ordering::SeqCst);
@@ -100,7 +110,7 @@ pub fn spawn_member(plan: MemberPlan, counters: Arc<RunCounters>) -> MemberHandl
     MemberHandle { tracks, stop, task }
 }
 
-fn peer_options(ip: std::net::IpAddr) -> PeerOptions {
+pub(crate) fn peer_options(ip: std::net::IpAddr) -> PeerOptions {
     PeerOptions {
         udp_ips: vec![ip],
         ice_servers: vec![],
@@ -287,7 +297,7 @@ fn local_track(
 
 /// Adds the tracks, creates the offer, and starts the sender tasks (they send nothing useful
 /// until the connection is up; webrtc-rs drops what it cannot encrypt yet).
-async fn start_publishing(
+pub(crate) async fn start_publishing(
     pc: &Arc<dyn PeerConnection>,
     plan: &MemberPlan,
     counters: &Arc<RunCounters>,
@@ -453,13 +463,17 @@ async fn send_audio(track: Arc<TrackLocalStaticRTP>, pt: u8, stop: Arc<AtomicBoo
     }
 }
 
-async fn measure_track(
+pub(crate) async fn measure_track(
     track: Arc<dyn TrackRemote>,
     tracks: Arc<Mutex<HashMap<TrackKey, TrackStats>>>,
     counters: Arc<RunCounters>,
     joined_at: Instant,
 ) {
-    let key: TrackKey = (track.stream_id().await, track.kind().await);
+    // Stream and track id together: Janus may give several publishers' tracks one stream id.
+    let key: TrackKey = (
+        format!("{}/{}", track.stream_id().await, track.track_id().await),
+        track.kind().await,
+    );
     let video = key.1 == RtpCodecKind::Video;
     tracks
         .lock()
@@ -491,6 +505,7 @@ async fn measure_track(
                 .video_packets_received
                 .fetch_add(1, Ordering::Relaxed);
         }
+        counters.packets_received.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -2,6 +2,7 @@
 //! and reports what a user choosing an SFU asks: loss, delay, time to first frame, and the
 //! server's CPU per forwarded packet.
 
+pub mod janus;
 pub mod member;
 pub mod stats;
 
@@ -63,6 +64,19 @@ pub struct LoadArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
+    /// Which SFU --url points at
+    #[arg(long, value_enum, default_value = "yoom")]
+    pub target: Target,
+    /// Janus HTTP API address (with --target janus), e.g. 127.0.1.1:8088
+    #[arg(long)]
+    pub janus_api: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Yoom,
+    Janus,
 }
 
 #[derive(Debug, Serialize)]
@@ -80,6 +94,10 @@ pub struct Report {
     pub server_rss_mib: Option<f64>,
     pub server_packets_forwarded: Option<u64>,
     pub server_cpu_us_per_forwarded_packet: Option<f64>,
+    /// Packets (video and audio) subscribers received: the same count for every target.
+    pub packets_delivered: u64,
+    pub server_cpu_us_per_delivered_packet: Option<f64>,
+    pub target: Target,
     pub tool_cpu_percent: f64,
     pub tool_was_bottleneck: bool,
     pub verdict: String,
@@ -90,7 +108,11 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         bail!("--rooms and --publishers must be at least 1");
     }
     let base = args.url.trim_end_matches('/').to_owned();
-    let http_addr = http_address(&base)?;
+    let http_addr = match args.target {
+        Target::Yoom => http_address(&base)?,
+        // Janus has no Yoom metrics; CPU and memory come from --server-pid only.
+        Target::Janus => "127.0.0.1:9".parse().expect("literal address"),
+    };
     let ws_url = format!("{}/ws", base.replacen("http", "ws", 1));
     let counters = Arc::new(RunCounters::default());
 
@@ -119,7 +141,17 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
                 audio: args.audio,
                 udp_ip: args.media_ip,
             };
-            members.push(spawn_member(plan, counters.clone()));
+            members.push(match args.target {
+                Target::Yoom => spawn_member(plan, counters.clone()),
+                Target::Janus => janus::spawn_janus_member(
+                    args.janus_api
+                        .ok_or_else(|| anyhow!("--target janus needs --janus-api"))?,
+                    r,
+                    args.publishers,
+                    plan,
+                    counters.clone(),
+                ),
+            });
             tokio::time::sleep(join_gap).await;
         }
     }
@@ -190,6 +222,11 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         (Some(c), Some(f)) if f > 0 => Some(c * 1e6 / f as f64),
         _ => None,
     };
+    let delivered = counters.packets_received.load(Ordering::Relaxed);
+    let cpu_per_delivered = match cpu_s {
+        Some(c) if delivered > 0 => Some(c * 1e6 / delivered as f64),
+        _ => None,
+    };
     let tool_cpu_s = tool_after.cpu_seconds - tool_before.cpu_seconds;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let tool_cpu_percent = 100.0 * tool_cpu_s / elapsed.as_secs_f64();
@@ -209,7 +246,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
             video.subscribers_without_video
         ));
     }
-    if let Some(c) = cpu_per_packet {
+    if let Some(c) = cpu_per_packet.or(cpu_per_delivered) {
         if c > CPU_TARGET_US_PER_PACKET {
             failures.push(format!(
                 "{c:.2} µs CPU per packet > {CPU_TARGET_US_PER_PACKET}"
@@ -249,6 +286,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
             .map(|b| b as f64 / 1048576.0),
         server_packets_forwarded: forwarded,
         server_cpu_us_per_forwarded_packet: cpu_per_packet,
+        packets_delivered: delivered,
+        server_cpu_us_per_delivered_packet: cpu_per_delivered,
+        target: args.target,
         tool_cpu_percent,
         tool_was_bottleneck,
         verdict,
