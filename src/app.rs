@@ -48,7 +48,6 @@ impl App {
                 // The server's own connections never use TURN: they would all share one
                 // relayed 5-tuple. STUN is for clients only.
                 ice_servers: Vec::new(),
-                srtp_replay_window: None,
             },
             metrics: metrics.clone(),
         };

@@ -114,7 +114,6 @@ pub(crate) fn peer_options(ip: std::net::IpAddr) -> PeerOptions {
     PeerOptions {
         udp_ips: vec![ip],
         ice_servers: vec![],
-        srtp_replay_window: None,
     }
 }
 
@@ -267,7 +266,8 @@ async fn member_body(
     outcome
 }
 
-fn local_track(
+/// A local track of one of Yoom's codecs (by MIME type) with a fixed SSRC.
+pub fn local_track(
     stream: &str,
     id: &str,
     kind: RtpCodecKind,

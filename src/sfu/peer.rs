@@ -83,9 +83,6 @@ pub struct PeerOptions {
     /// One UDP socket (ephemeral port) per address; each yields a host candidate.
     pub udp_ips: Vec<IpAddr>,
     pub ice_servers: Vec<RTCIceServer>,
-    /// SRTP anti-replay window in packets; `None` keeps the library default, `Some(0)` turns
-    /// replay protection off (only test peers that must observe retransmitted duplicates).
-    pub srtp_replay_window: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +102,7 @@ pub async fn build_peer_connection(
         return Err(PeerError::NoAddress);
     }
     let (engine, registry) = media_engine_and_interceptors()?;
-    let mut settings = SettingEngineBuilder::new()
+    let settings = SettingEngineBuilder::new()
         // The default (query mode) binds a multicast socket per connection and fails where
         // there is no multicast; candidates from browsers with mDNS names still connect
         // through peer-reflexive pairs.
@@ -121,15 +118,12 @@ pub async fn build_peer_connection(
         // subscribe connection; a pair that passed a check is good enough to start media now.
         // Relay pairs keep their default wait so a direct path still wins when there is one.
         .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
+        .with_srflx_acceptance_min_wait(Some(Duration::ZERO))
         // Pace connectivity checks like browsers do (RFC 8445 Ta = 50 ms) rather than 200 ms:
         // checks that arrive before the other side is ready are retried sooner. The attempt
         // count keeps the same ~1.4 s window before a pair is given up.
         .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(28))
-        .with_srflx_acceptance_min_wait(Some(Duration::ZERO));
-    if let Some(window) = options.srtp_replay_window {
-        settings = settings.with_srtp_replay_protection_window(window);
-    }
-    let settings = settings.build();
+        .build();
     let udp_addrs: Vec<SocketAddr> = options
         .udp_ips
         .iter()

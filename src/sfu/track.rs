@@ -113,15 +113,26 @@ impl PublishedTrack {
 
     /// A track that is not fed by a publisher's connection (benchmarks, tests).
     pub fn detached(publisher: MemberId, kind: RtpCodecKind, codec: RTCRtpCodec) -> PublishedTrack {
-        let (keyframe_tx, _) = mpsc::channel(1);
-        PublishedTrack {
+        Self::new(publisher, kind, codec).0
+    }
+
+    /// The track and the receiving end of its keyframe requests. Capacity 1: requests arriving
+    /// while one is pending merge into it.
+    fn new(
+        publisher: MemberId,
+        kind: RtpCodecKind,
+        codec: RTCRtpCodec,
+    ) -> (PublishedTrack, mpsc::Receiver<()>) {
+        let (keyframe_tx, keyframe_rx) = mpsc::channel(1);
+        let track = PublishedTrack {
             id: TrackId::next(),
             publisher,
             kind,
             codec,
             downstreams: ArcSwap::from_pointee(Vec::new()),
             keyframe_tx,
-        }
+        };
+        (track, keyframe_rx)
     }
 
     /// Asks the publisher for a keyframe (throttled; never waits).
@@ -141,16 +152,8 @@ impl PublishedTrack {
         metrics: Arc<Metrics>,
         ended_tx: mpsc::UnboundedSender<TrackId>,
     ) -> Arc<PublishedTrack> {
-        // Capacity 1: requests arriving while one is pending merge into it.
-        let (keyframe_tx, keyframe_rx) = mpsc::channel(1);
-        let track = Arc::new(PublishedTrack {
-            id: TrackId::next(),
-            publisher,
-            kind,
-            codec,
-            downstreams: ArcSwap::from_pointee(Vec::new()),
-            keyframe_tx,
-        });
+        let (track, keyframe_rx) = Self::new(publisher, kind, codec);
+        let track = Arc::new(track);
         let kind_label = if track.is_video() { "video" } else { "audio" };
         metrics
             .track_published_total

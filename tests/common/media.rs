@@ -11,13 +11,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
 use rtc::rtp;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -25,7 +22,7 @@ use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit, RTCSessionDescription};
-use yoom::sfu::codecs::supported_codecs;
+use yoom::load::member::local_track;
 use yoom::sfu::peer::{build_peer_connection, EventForwarder, PeerEvent, PeerOptions};
 
 use super::relay::LossyRelay;
@@ -121,40 +118,7 @@ fn options() -> PeerOptions {
     PeerOptions {
         udp_ips: vec!["127.0.0.1".parse().unwrap()],
         ice_servers: vec![],
-        // So that a retransmission of a packet that did arrive is seen (NACK test).
-        srtp_replay_window: Some(0),
     }
-}
-
-fn codec_for(mime: &str) -> RTCRtpCodec {
-    supported_codecs()
-        .into_iter()
-        .find(|(c, _)| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
-        .map(|(c, _)| c.rtp_codec)
-        .unwrap()
-}
-
-fn local_track(
-    stream: &str,
-    id: &str,
-    kind: RtpCodecKind,
-    ssrc: u32,
-    codec: RTCRtpCodec,
-) -> Arc<TrackLocalStaticRTP> {
-    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-        stream.into(),
-        id.into(),
-        id.into(),
-        kind,
-        vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters {
-                ssrc: Some(ssrc),
-                ..Default::default()
-            },
-            codec,
-            ..Default::default()
-        }],
-    )))
 }
 
 impl MediaPeer {
@@ -380,16 +344,18 @@ impl MediaPeer {
             &self.id,
             "cam",
             RtpCodecKind::Video,
+            "video/VP8",
             VIDEO_SSRC,
-            codec_for("video/VP8"),
-        );
+        )
+        .unwrap();
         let audio = local_track(
             &self.id,
             "mic",
             RtpCodecKind::Audio,
+            "audio/opus",
             AUDIO_SSRC,
-            codec_for("audio/opus"),
-        );
+        )
+        .unwrap();
         let video_sender = pc
             .add_track(video.clone() as Arc<dyn TrackLocal>)
             .await
