@@ -155,16 +155,12 @@ fn flood(outbox: &Outbox) -> CloseReason {
     CloseReason::RateLimited
 }
 
-/// The session's view of its member's media, if it is in a room.
-struct MemberMediaState {
-    handle: MediaHandle,
-}
-
 struct Session {
     app: App,
     id: MemberId,
     outbox: Outbox,
-    media: Option<MemberMediaState>,
+    /// The member's media while it is in a room.
+    media: Option<MediaHandle>,
     signals_tx: mpsc::UnboundedSender<MediaSignal>,
 }
 
@@ -217,7 +213,7 @@ impl Session {
                         joined.media,
                         self.signals_tx.clone(),
                     );
-                    self.media = Some(MemberMediaState { handle });
+                    self.media = Some(handle);
                 }
             }
             ClientMessage::Leave => {
@@ -267,14 +263,14 @@ impl Session {
     }
 
     fn media(&self) -> Result<&MediaHandle, ProtocolError> {
-        self.media.as_ref().map(|m| &m.handle).ok_or_else(|| {
+        self.media.as_ref().ok_or_else(|| {
             ProtocolError::new(ErrorCode::NotInRoom, "join a room before sending media")
         })
     }
 
     async fn stop_media(&mut self) {
         if let Some(media) = self.media.take() {
-            media.handle.close().await;
+            media.close().await;
         }
     }
 

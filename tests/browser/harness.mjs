@@ -8,7 +8,10 @@
 // (The server itself honours YOOM_* variables from the environment, e.g. YOOM_WEB_DIR=../../web
 // serves the web client from the source tree instead of the copy embedded in the binary.)
 
+import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { before, after } from 'node:test';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -165,4 +168,24 @@ export async function openPerson(browser, label, url, { pageErrors = [], viewpor
   if (beforeGoto) await beforeGoto(page);
   await page.goto(url, { waitUntil: 'domcontentloaded' });
   return page;
+}
+
+/**
+ * Registers the file's before/after hooks: one real server and one Chromium for all its tests.
+ * Returns `{ server, browser, pageErrors }`, filled in once `before` has run.
+ */
+export function useServerAndBrowser() {
+  const env = { server: null, browser: null, pageErrors: [] };
+  before(async () => {
+    assert.ok(YOOM_BIN, 'set YOOM_BIN to the yoom server binary, e.g. YOOM_BIN=../../target/debug/yoom');
+    mkdirSync(SCREENSHOT_DIR, { recursive: true });
+    env.server = await startServer();
+    env.browser = await launchBrowser();
+  }, { timeout: SERVER_START_MS + BROWSER_LAUNCH_MS + 5_000 });
+
+  after(async () => {
+    await Promise.race([env.browser?.close(), sleep(SERVER_STOP_MS)]).catch(() => {});
+    if (env.server) await stopServer(env.server);
+  }, { timeout: 3 * SERVER_STOP_MS });
+  return env;
 }

@@ -8,13 +8,12 @@
 // CHROMIUM (default /usr/bin/chromium). Server start, Chromium launch and bounded waits live in
 // harness.mjs.
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import {
-  YOOM_BIN, SCREENSHOT_DIR, SERVER_START_MS, SERVER_STOP_MS, BROWSER_LAUNCH_MS, WAIT_MS,
-  startServer, stopServer, launchBrowser, eventually, sleep, openPerson as openPersonIn,
+  useServerAndBrowser,
+  SCREENSHOT_DIR, WAIT_MS, eventually, sleep, openPerson as openPersonIn,
 } from './harness.mjs';
 
 const TEST_MS = 120_000;
@@ -36,37 +35,24 @@ async function visible(page, testId) {
   return page.locator(`[data-testid="${testId}"]`).isVisible();
 }
 
-let server;
-let browser;
-const pageErrors = [];
-
-before(async () => {
-  assert.ok(YOOM_BIN, 'set YOOM_BIN to the yoom server binary, e.g. YOOM_BIN=../../target/debug/yoom');
-  mkdirSync(SCREENSHOT_DIR, { recursive: true });
-  server = await startServer();
-  browser = await launchBrowser();
-}, { timeout: SERVER_START_MS + BROWSER_LAUNCH_MS + 5_000 });
-
-after(async () => {
-  await Promise.race([browser?.close(), sleep(SERVER_STOP_MS)]).catch(() => {});
-  if (server) await stopServer(server);
-}, { timeout: 3 * SERVER_STOP_MS });
+const env = useServerAndBrowser();
+const { pageErrors } = env;
 
 /** A fresh browser context (own storage, like a separate person) with one page. */
-const openPerson = (label, url, viewport) => openPersonIn(browser, label, url, { pageErrors, viewport });
+const openPerson = (label, url, viewport) => openPersonIn(env.browser, label, url, { pageErrors, viewport });
 
 test('lobby lists rooms live; room links, member lists and chat work across browsers', { timeout: TEST_MS }, async () => {
   try {
     await lobbyAndChat();
   } catch (err) {
     // The server's log usually says why a UI expectation was not met.
-    console.log(`--- yoom server log (tail) ---\n${server.log().slice(-8000)}\n--- end of log ---`);
+    console.log(`--- yoom server log (tail) ---\n${env.server.log().slice(-8000)}\n--- end of log ---`);
     throw err;
   }
 });
 
 async function lobbyAndChat() {
-  const base = server.url;
+  const base = env.server.url;
   const shot = (page, name) => page.screenshot({ path: path.join(SCREENSHOT_DIR, name), timeout: WAIT_MS, animations: 'disabled' });
 
   // A: the lobby, connected, with no rooms yet.

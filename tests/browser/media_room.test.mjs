@@ -14,13 +14,12 @@
 // Each remote tile's <video>/<audio> tracks are matched to that connection's inbound-rtp stats by
 // track id, so "bob's tile shows video" means bob's tile plays a track that is being decoded.
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import {
-  YOOM_BIN, SCREENSHOT_DIR, SERVER_START_MS, SERVER_STOP_MS, BROWSER_LAUNCH_MS, WAIT_MS,
-  startServer, stopServer, launchBrowser, eventually, sleep, openPerson,
+  useServerAndBrowser,
+  SCREENSHOT_DIR, WAIT_MS, eventually, openPerson,
 } from './harness.mjs';
 
 const TEST_MS = 110_000;
@@ -216,27 +215,14 @@ async function mediaKeepsFlowing(page, label, others) {
   }, () => `${label}'s remote video frames (+${MIN_NEW_FRAMES}) and audio packets (+${MIN_NEW_AUDIO_PACKETS}) to rise: from ${JSON.stringify(start)} to ${JSON.stringify(now)}`, FLOW_MS, 250);
 }
 
-let server;
-let browser;
-const pageErrors = [];
-
-before(async () => {
-  assert.ok(YOOM_BIN, 'set YOOM_BIN to the yoom server binary, e.g. YOOM_BIN=../../target/debug/yoom');
-  mkdirSync(SCREENSHOT_DIR, { recursive: true });
-  server = await startServer();
-  browser = await launchBrowser();
-}, { timeout: SERVER_START_MS + BROWSER_LAUNCH_MS + 5_000 });
-
-after(async () => {
-  await Promise.race([browser?.close(), sleep(SERVER_STOP_MS)]).catch(() => {});
-  if (server) await stopServer(server);
-}, { timeout: 3 * SERVER_STOP_MS });
+const env = useServerAndBrowser();
+const { pageErrors } = env;
 
 test('three people see and hear each other; camera-off and leave show on the others within 3 s', { timeout: TEST_MS }, async () => {
   try {
     await mediaRoom();
   } catch (err) {
-    console.log(`--- yoom server log (tail) ---\n${server.log().slice(-12000)}\n--- end of log ---`);
+    console.log(`--- yoom server log (tail) ---\n${env.server.log().slice(-12000)}\n--- end of log ---`);
     throw err;
   }
 });
@@ -251,7 +237,7 @@ async function mediaRoom() {
   const frames = {}; // name → [{ at, sent?, msg }]
   for (const name of PEOPLE) {
     frames[name] = [];
-    pages[name] = await openPerson(browser, name, `${server.url}/?room=${ROOM}&name=${name}`, {
+    pages[name] = await openPerson(env.browser, name, `${env.server.url}/?room=${ROOM}&name=${name}`, {
       pageErrors,
       initScript: spy,
       beforeGoto: (page) => page.on('websocket', (ws) => {
