@@ -14,7 +14,7 @@ use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 
 use crate::metrics::Metrics;
 use crate::sfu::forwarder::RtpMunger;
-use crate::sfu::track::{PublishedTrack, SharedPacket};
+use crate::sfu::track::{KeyframeReason, PublishedTrack, SharedPacket};
 
 pub struct Egress {
     pub local: Arc<TrackLocalStaticRTP>,
@@ -61,7 +61,7 @@ impl Egress {
                         if wants_keyframe {
                             self.metrics.keyframe_requests_in_total.inc();
                             if let Some(source) = self.source.upgrade() {
-                                source.request_keyframe();
+                                source.request_keyframe(KeyframeReason::Repair);
                             }
                         }
                     }

@@ -32,7 +32,7 @@ use crate::sfu::egress::Egress;
 use crate::sfu::forwarder::RtpMunger;
 use crate::sfu::peer::{build_peer_connection, EventForwarder, PeerEvent, PeerOptions};
 use crate::sfu::room::SfuRoom;
-use crate::sfu::track::{PublishedTrack, TrackId, SUBSCRIBER_QUEUE_LEN};
+use crate::sfu::track::{KeyframeReason, PublishedTrack, TrackId, SUBSCRIBER_QUEUE_LEN};
 
 /// If the client has not answered a subscribe offer by then, the offer is sent again.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -319,7 +319,7 @@ impl MemberMedia {
                         // Packets written before the subscriber's SRTP was up are lost:
                         // start every video track with a fresh keyframe.
                         for down in self.forwarding.values() {
-                            down.source.request_keyframe();
+                            down.source.request_keyframe(KeyframeReason::NewSubscriber);
                         }
                     }
                     _ => {}
@@ -628,7 +628,7 @@ impl MemberMedia {
             // Before the connection is up nothing can be sent; the Connected event asks then,
             // and an early request would only hold the next one back by the throttle.
             if self.subscriber_connected.load(Ordering::Relaxed) {
-                down.source.request_keyframe();
+                down.source.request_keyframe(KeyframeReason::NewSubscriber);
             }
             down.started = true;
             self.ctx

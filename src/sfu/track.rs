@@ -5,7 +5,7 @@
 //! `Arc` into a `try_send`: no lock (the subscriber list is an `ArcSwap` snapshot), no
 //! allocation per subscriber, and a full queue only costs that subscriber a dropped packet.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,16 +13,22 @@ use arc_swap::ArcSwap;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tracing::{debug, warn};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 use crate::ids::MemberId;
 use crate::metrics::Metrics;
 
-/// At most one keyframe request per track per this interval reaches the publisher; requests in
-/// between are merged into the next one, so a PLI storm from many subscribers stays cheap.
+/// At most one keyframe request per track per this interval reaches the publisher on behalf of
+/// subscribers' PLI/FIR; requests in between are merged into the next one, so a PLI storm from
+/// many subscribers stays cheap.
 pub const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
+
+/// A subscriber that just started receiving a track sees nothing until the next keyframe, so
+/// its request waits at most this long after the previous one. Joins are bounded by signaling,
+/// so this cannot become a storm, and a burst of joiners within it shares one keyframe.
+pub const JOIN_KEYFRAME_THROTTLE: Duration = Duration::from_millis(100);
 
 /// Packets queued towards one subscriber for one track: about 1.5 s of 1.5 Mbit/s video. A
 /// subscriber further behind than that is better served by dropping and a fresh keyframe.
@@ -60,7 +66,51 @@ pub struct PublishedTrack {
     pub kind: RtpCodecKind,
     pub codec: RTCRtpCodec,
     downstreams: ArcSwap<Vec<Downstream>>,
-    keyframe_tx: mpsc::Sender<()>,
+    keyframe_requests: Arc<KeyframeRequests>,
+}
+
+/// Why a keyframe is wanted; decides how long the request may be held back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyframeReason {
+    /// A subscriber sent PLI/FIR, or its queue overflowed.
+    Repair = 1,
+    /// A subscriber just started (or restarted) receiving the track.
+    NewSubscriber = 2,
+}
+
+impl KeyframeReason {
+    fn throttle(self) -> Duration {
+        match self {
+            KeyframeReason::Repair => KEYFRAME_THROTTLE,
+            KeyframeReason::NewSubscriber => JOIN_KEYFRAME_THROTTLE,
+        }
+    }
+}
+
+/// Requests from many subscribers merged into a set of reasons the ingress loop collects.
+#[derive(Default)]
+struct KeyframeRequests {
+    reasons: AtomicU8,
+    wake: Notify,
+}
+
+impl KeyframeRequests {
+    fn add(&self, reason: KeyframeReason) {
+        self.reasons.fetch_or(reason as u8, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// The most urgent pending reason, clearing them all.
+    fn take(&self) -> Option<KeyframeReason> {
+        let bits = self.reasons.swap(0, Ordering::Relaxed);
+        if bits & KeyframeReason::NewSubscriber as u8 != 0 {
+            Some(KeyframeReason::NewSubscriber)
+        } else if bits & KeyframeReason::Repair as u8 != 0 {
+            Some(KeyframeReason::Repair)
+        } else {
+            None
+        }
+    }
 }
 
 impl PublishedTrack {
@@ -116,29 +166,28 @@ impl PublishedTrack {
         Self::new(publisher, kind, codec).0
     }
 
-    /// The track and the receiving end of its keyframe requests. Capacity 1: requests arriving
-    /// while one is pending merge into it.
+    /// The track and the shared end of its keyframe requests.
     fn new(
         publisher: MemberId,
         kind: RtpCodecKind,
         codec: RTCRtpCodec,
-    ) -> (PublishedTrack, mpsc::Receiver<()>) {
-        let (keyframe_tx, keyframe_rx) = mpsc::channel(1);
+    ) -> (PublishedTrack, Arc<KeyframeRequests>) {
+        let keyframe_requests = Arc::new(KeyframeRequests::default());
         let track = PublishedTrack {
             id: TrackId::next(),
             publisher,
             kind,
             codec,
             downstreams: ArcSwap::from_pointee(Vec::new()),
-            keyframe_tx,
+            keyframe_requests: keyframe_requests.clone(),
         };
-        (track, keyframe_rx)
+        (track, keyframe_requests)
     }
 
-    /// Asks the publisher for a keyframe (throttled; never waits).
-    pub fn request_keyframe(&self) {
+    /// Asks the publisher for a keyframe (throttled by `reason`; never waits).
+    pub fn request_keyframe(&self, reason: KeyframeReason) {
         if self.is_video() {
-            let _ = self.keyframe_tx.try_send(());
+            self.keyframe_requests.add(reason);
         }
     }
 
@@ -152,7 +201,7 @@ impl PublishedTrack {
         metrics: Arc<Metrics>,
         ended_tx: mpsc::UnboundedSender<TrackId>,
     ) -> Arc<PublishedTrack> {
-        let (track, keyframe_rx) = Self::new(publisher, kind, codec);
+        let (track, keyframe_requests) = Self::new(publisher, kind, codec);
         let track = Arc::new(track);
         let kind_label = if track.is_video() { "video" } else { "audio" };
         metrics
@@ -164,9 +213,9 @@ impl PublishedTrack {
             id: track.id,
             remote,
             metrics,
-            keyframe_rx,
+            keyframe_requests,
             last_keyframe_request: None,
-            keyframe_pending: false,
+            keyframe_pending: None,
             media_ssrc: 0,
         };
         tokio::spawn(async move {
@@ -184,9 +233,10 @@ struct Ingress {
     id: TrackId,
     remote: Arc<dyn TrackRemote>,
     metrics: Arc<Metrics>,
-    keyframe_rx: mpsc::Receiver<()>,
+    keyframe_requests: Arc<KeyframeRequests>,
     last_keyframe_request: Option<Instant>,
-    keyframe_pending: bool,
+    /// The most urgent reason among the requests not sent yet.
+    keyframe_pending: Option<KeyframeReason>,
     media_ssrc: u32,
 }
 
@@ -195,9 +245,9 @@ impl Ingress {
         let _task = self.metrics.task_guard();
         let mut drops: u64 = 0;
         loop {
-            let throttle_left = self.keyframe_pending.then(|| {
+            let throttle_left = self.keyframe_pending.map(|reason| {
                 self.last_keyframe_request.map_or(Duration::ZERO, |t| {
-                    KEYFRAME_THROTTLE.saturating_sub(t.elapsed())
+                    reason.throttle().saturating_sub(t.elapsed())
                 })
             });
             tokio::select! {
@@ -211,7 +261,7 @@ impl Ingress {
                         let full = track.fan_out(&packet, &self.metrics);
                         if full > 0 {
                             // The subscribers that missed a packet need a fresh keyframe.
-                            self.keyframe_pending = true;
+                            self.want_keyframe(KeyframeReason::Repair);
                             let before = drops;
                             drops += full as u64;
                             if before / 100 != drops / 100 || before == 0 {
@@ -222,9 +272,10 @@ impl Ingress {
                     Some(TrackRemoteEvent::OnEnded) | None => break,
                     Some(_) => {}
                 },
-                request = self.keyframe_rx.recv() => {
-                    if request.is_none() { break }
-                    self.keyframe_pending = true;
+                () = self.keyframe_requests.wake.notified() => {
+                    if let Some(reason) = self.keyframe_requests.take() {
+                        self.want_keyframe(reason);
+                    }
                 }
                 () = sleep_opt(throttle_left) => {
                     self.send_keyframe_request().await;
@@ -233,8 +284,14 @@ impl Ingress {
         }
     }
 
+    fn want_keyframe(&mut self, reason: KeyframeReason) {
+        if self.keyframe_pending != Some(KeyframeReason::NewSubscriber) {
+            self.keyframe_pending = Some(reason);
+        }
+    }
+
     async fn send_keyframe_request(&mut self) {
-        self.keyframe_pending = false;
+        self.keyframe_pending = None;
         self.last_keyframe_request = Some(Instant::now());
         if self.media_ssrc == 0 {
             return;
@@ -254,5 +311,24 @@ async fn sleep_opt(d: Option<Duration>) {
     match d {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_requests_merge_and_the_most_urgent_reason_wins() {
+        let requests = KeyframeRequests::default();
+        assert_eq!(requests.take(), None);
+        requests.add(KeyframeReason::Repair);
+        requests.add(KeyframeReason::Repair);
+        assert_eq!(requests.take(), Some(KeyframeReason::Repair));
+        assert_eq!(requests.take(), None);
+        requests.add(KeyframeReason::Repair);
+        requests.add(KeyframeReason::NewSubscriber);
+        assert_eq!(requests.take(), Some(KeyframeReason::NewSubscriber));
+        assert_eq!(requests.take(), None);
     }
 }
