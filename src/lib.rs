@@ -11,11 +11,13 @@
 //!   client's bounded outbox.
 //! - [`metrics`]: every Prometheus metric, named once.
 //! - [`load`]: `yoom load`, the load tool (simulated members, loss/delay/CPU report).
+//! - [`healthcheck`]: `yoom healthcheck`, a GET of `/healthz` for container health checks.
 //!
 //! [`run`] serves until its shutdown future resolves; `main.rs` only parses the command line.
 
 pub mod app;
 pub mod config;
+pub mod healthcheck;
 pub mod http;
 pub mod ids;
 pub mod load;

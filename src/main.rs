@@ -29,6 +29,10 @@ enum Command {
     /// Each room gets --publishers members sending synthetic video (and --audio) and
     /// --subscribers receive-only members; every member is a real WebRTC peer in this process.
     Load(yoom::load::LoadArgs),
+    /// Check a running server: exit 0 when GET /healthz answers 200, else 1.
+    ///
+    /// For container health checks (the runtime image has no curl). Gives up after 2 s.
+    Healthcheck(yoom::healthcheck::HealthcheckArgs),
 }
 
 /// After a shutdown signal the process exits within this time, whatever is still running.
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Load(args) => load(args),
+        Command::Healthcheck(args) => healthcheck(args),
     }
 }
 
@@ -118,6 +123,34 @@ fn load(args: yoom::load::LoadArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("yoom load: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn healthcheck(args: yoom::healthcheck::HealthcheckArgs) -> ExitCode {
+    use yoom::healthcheck::{check, target_url, HEALTHCHECK_TIMEOUT};
+    let url = match target_url(&args, |key| std::env::var(key).ok()) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("yoom healthcheck: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("yoom healthcheck: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(check(&url, HEALTHCHECK_TIMEOUT)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("yoom healthcheck: {url}: {e}");
             ExitCode::FAILURE
         }
     }
