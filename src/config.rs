@@ -6,6 +6,7 @@
 //! silently ignored. Every error names the offending key.
 
 use std::net::IpAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -59,7 +60,44 @@ pub struct Config {
     pub media_ips: Vec<IpAddr>,
     /// STUN server URLs handed to clients in `joined`.
     pub stun_urls: Vec<String>,
+    /// The UDP port all media shares (0: one picked at start-up).
+    pub udp_port: u16,
+    /// Lease each connection its own port from this range instead of sharing `udp_port`.
+    pub port_range: Option<RangeInclusive<u16>>,
+    /// Addresses announced in ICE candidates instead of the bound ones (1:1 NAT).
+    pub public_ips: Vec<IpAddr>,
+    /// Learn the public address from the first `stun.urls` server at start-up.
+    pub discover_public_ip: bool,
+    /// TURN servers handed to clients with fresh credentials in every `joined`.
+    pub turn_urls: Vec<String>,
+    /// coturn's `static-auth-secret` (`use-auth-secret`); required with `turn_urls`.
+    pub turn_secret: Option<Secret>,
+    /// How long TURN credentials stay valid.
+    pub turn_ttl: Duration,
 }
+
+/// A value that must never be printed (logs, `Debug`, the admin API).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Default `rtc.udp_port` (LiveKit uses 7882 for its UDP mux too).
+pub const DEFAULT_UDP_PORT: u16 = 7882;
 
 impl Default for Config {
     fn default() -> Self {
@@ -77,6 +115,13 @@ impl Default for Config {
             outbound_queue_len: 256,
             media_ips: Vec::new(),
             stun_urls: Vec::new(),
+            udp_port: DEFAULT_UDP_PORT,
+            port_range: None,
+            public_ips: Vec::new(),
+            discover_public_ip: false,
+            turn_urls: Vec::new(),
+            turn_secret: None,
+            turn_ttl: Duration::from_secs(86_400),
         }
     }
 }
@@ -137,6 +182,43 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub stun_urls: Option<Vec<String>>,
+    /// The one UDP port all media uses (0 picks a free one) [default: 7882]
+    #[arg(long, env = "YOOM_UDP_PORT", value_name = "PORT")]
+    pub udp_port: Option<u16>,
+    /// Give each connection its own UDP port from this range instead, e.g. 50000-50099
+    #[arg(long, env = "YOOM_PORT_RANGE", value_name = "FIRST-LAST")]
+    pub port_range: Option<String>,
+    /// Addresses to announce in ICE candidates instead of the bound ones (1:1 NAT, e.g. a
+    /// cloud VM's public IP), comma-separated: one for all media addresses, or one each
+    #[arg(
+        long,
+        env = "YOOM_PUBLIC_IPS",
+        value_name = "IP,...",
+        value_delimiter = ','
+    )]
+    pub public_ips: Option<Vec<IpAddr>>,
+    /// Learn the public IP from the first --stun-urls server at start-up [default: false]
+    #[arg(long, env = "YOOM_DISCOVER_PUBLIC_IP", value_name = "BOOL")]
+    pub discover_public_ip: Option<bool>,
+    /// TURN server URLs for clients, comma-separated, e.g. turn:turn.example.org:3478
+    #[arg(
+        long,
+        env = "YOOM_TURN_URLS",
+        value_name = "URL,...",
+        value_delimiter = ','
+    )]
+    pub turn_urls: Option<Vec<String>>,
+    /// Shared secret of the TURN servers (coturn `static-auth-secret`)
+    #[arg(
+        long,
+        env = "YOOM_TURN_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub turn_secret: Option<String>,
+    /// Seconds TURN credentials stay valid [default: 86400]
+    #[arg(long, env = "YOOM_TURN_TTL", value_name = "SECS")]
+    pub turn_ttl: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,12 +236,26 @@ struct FileConfig {
     rtc: FileRtc,
     #[serde(default)]
     stun: FileStun,
+    #[serde(default)]
+    turn: FileTurn,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileRtc {
     ips: Option<Vec<String>>,
+    udp_port: Option<i64>,
+    port_range: Option<String>,
+    public_ips: Option<Vec<String>>,
+    discover_public_ip: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTurn {
+    urls: Option<Vec<String>>,
+    secret: Option<String>,
+    ttl: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -318,19 +414,7 @@ impl Config {
         )?
         .map_or(d.outbound_queue_len, |v| v as usize);
 
-        let media_ips = match (&args.media_ips, &file.rtc.ips) {
-            (Some(ips), _) => ips.clone(),
-            (None, Some(list)) => list
-                .iter()
-                .map(|text| {
-                    text.parse().map_err(|_| ConfigError::Invalid {
-                        key: "rtc.ips",
-                        message: format!("`{text}` is not an IP address"),
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-            (None, None) => d.media_ips,
-        };
+        let media_ips = ip_list("rtc.ips", &args.media_ips, &file.rtc.ips)?.unwrap_or(d.media_ips);
         if let Some(ip) = media_ips.iter().find(|ip| ip.is_unspecified()) {
             return Err(ConfigError::Invalid {
                 key: "rtc.ips",
@@ -357,6 +441,93 @@ impl Config {
             }
         }
 
+        let udp_port = pick(
+            "rtc.udp_port",
+            args.udp_port.map(i64::from),
+            file.rtc.udp_port,
+            0,
+            65535,
+        )?
+        .map_or(d.udp_port, |v| v as u16);
+        let port_range = match args.port_range.as_ref().or(file.rtc.port_range.as_ref()) {
+            None => None,
+            Some(text) if text.trim().is_empty() => None,
+            Some(text) => Some(parse_port_range(text).ok_or_else(|| ConfigError::Invalid {
+                key: "rtc.port_range",
+                message: format!("`{text}` is not FIRST-LAST with 1 <= FIRST <= LAST <= 65535"),
+            })?),
+        };
+        let public_ips =
+            ip_list("rtc.public_ips", &args.public_ips, &file.rtc.public_ips)?.unwrap_or_default();
+        if let Some(ip) = public_ips.iter().find(|ip| ip.is_unspecified()) {
+            return Err(ConfigError::Invalid {
+                key: "rtc.public_ips",
+                message: format!("{ip} is not an address clients can reach"),
+            });
+        }
+        if !public_ips.is_empty() && public_ips.len() != 1 && public_ips.len() != media_ips.len() {
+            return Err(ConfigError::Invalid {
+                key: "rtc.public_ips",
+                message: format!(
+                    "give one address, or one per rtc.ips entry ({} given, {} in rtc.ips)",
+                    public_ips.len(),
+                    media_ips.len()
+                ),
+            });
+        }
+        let discover_public_ip = args
+            .discover_public_ip
+            .or(file.rtc.discover_public_ip)
+            .unwrap_or(d.discover_public_ip);
+        if discover_public_ip && stun_urls.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "rtc.discover_public_ip",
+                message: "needs a STUN server in stun.urls".into(),
+            });
+        }
+        if discover_public_ip && !public_ips.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "rtc.discover_public_ip",
+                message: "rtc.public_ips is set already; use one or the other".into(),
+            });
+        }
+
+        let turn_urls = args
+            .turn_urls
+            .clone()
+            .or(file.turn.urls)
+            .unwrap_or(d.turn_urls);
+        for url in &turn_urls {
+            if !is_turn_url(url) {
+                return Err(ConfigError::Invalid {
+                    key: "turn.urls",
+                    message: format!(
+                        "`{url}` is not a turn: or turns: URL (turn:HOST[:PORT][?transport=udp|tcp])"
+                    ),
+                });
+            }
+        }
+        let turn_secret = args
+            .turn_secret
+            .clone()
+            .or(file.turn.secret)
+            .filter(|s| !s.is_empty())
+            .map(Secret::new);
+        if !turn_urls.is_empty() && turn_secret.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "turn.secret",
+                message: "required when turn.urls is set (coturn's static-auth-secret)".into(),
+            });
+        }
+        let turn_ttl = pick(
+            "turn.ttl",
+            args.turn_ttl.map(|v| v.min(i64::MAX as u64) as i64),
+            file.turn.ttl,
+            60,
+            30 * 86_400,
+        )?
+        .map_or(d.turn_ttl, |s| Duration::from_secs(s as u64));
+
         Ok(Config {
             bind,
             port,
@@ -371,8 +542,72 @@ impl Config {
             outbound_queue_len,
             media_ips,
             stun_urls,
+            udp_port,
+            port_range,
+            public_ips,
+            discover_public_ip,
+            turn_urls,
+            turn_secret,
+            turn_ttl,
         })
     }
+}
+
+/// Flag/env list if given, else the file's strings parsed as IP addresses.
+fn ip_list(
+    key: &'static str,
+    flag: &Option<Vec<IpAddr>>,
+    file: &Option<Vec<String>>,
+) -> Result<Option<Vec<IpAddr>>, ConfigError> {
+    match (flag, file) {
+        (Some(ips), _) => Ok(Some(ips.clone())),
+        (None, Some(list)) => list
+            .iter()
+            .map(|text| {
+                text.parse().map_err(|_| ConfigError::Invalid {
+                    key,
+                    message: format!("`{text}` is not an IP address"),
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+fn parse_port_range(text: &str) -> Option<RangeInclusive<u16>> {
+    let (first, last) = text.trim().split_once('-')?;
+    let first: u16 = first.trim().parse().ok()?;
+    let last: u16 = last.trim().parse().ok()?;
+    (first >= 1 && first <= last).then_some(first..=last)
+}
+
+/// `turn:` / `turns:` + host (optionally `:port`) + optional `?transport=udp|tcp` (RFC 7065).
+fn is_turn_url(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("turn:")
+        .or_else(|| url.strip_prefix("turns:"))
+    else {
+        return false;
+    };
+    let (host_port, query) = match rest.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (rest, None),
+    };
+    let query_ok = match query {
+        None => true,
+        Some(q) => q == "transport=udp" || q == "transport=tcp",
+    };
+    let host = match host_port.rsplit_once(':') {
+        Some((h, port)) if !h.ends_with(']') || h.starts_with('[') => {
+            if port.parse::<u16>().is_err() {
+                return false;
+            }
+            h
+        }
+        _ => host_port,
+    };
+    query_ok && !host.is_empty() && !host_port.contains(|c: char| c.is_whitespace() || c == '/')
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -436,6 +671,13 @@ mod tests {
         assert_eq!(from_file.outbound_queue_len, d.outbound_queue_len);
         assert_eq!(from_file.log_filter, d.log_filter);
         assert_eq!(from_file.log_format, d.log_format);
+        assert_eq!(from_file.udp_port, d.udp_port);
+        assert_eq!(from_file.port_range, d.port_range);
+        assert_eq!(from_file.public_ips, d.public_ips);
+        assert_eq!(from_file.discover_public_ip, d.discover_public_ip);
+        assert_eq!(from_file.turn_urls, d.turn_urls);
+        assert_eq!(from_file.turn_secret, d.turn_secret);
+        assert_eq!(from_file.turn_ttl, d.turn_ttl);
     }
 
     #[test]
@@ -486,6 +728,55 @@ mod tests {
         assert!(err.to_string().contains("rtc.ips"), "{err}");
         let err = Config::from_toml("[stun]\nurls = [\"http://x\"]\n").unwrap_err();
         assert!(err.to_string().contains("stun.urls"), "{err}");
+    }
+
+    #[test]
+    fn nat_and_turn_settings_are_checked() {
+        let cfg = Config::from_toml(
+            "[rtc]\nudp_port = 0\nport_range = \"50000-50009\"\npublic_ips = [\"203.0.113.4\"]\n\
+             [turn]\nurls = [\"turn:turn.example.org:3478?transport=udp\", \"turns:t.example.org\"]\n\
+             secret = \"s3cret\"\nttl = 600\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.udp_port, 0);
+        assert_eq!(cfg.port_range, Some(50000..=50009));
+        assert_eq!(cfg.public_ips, vec![IpAddr::from([203, 0, 113, 4])]);
+        assert_eq!(cfg.turn_urls.len(), 2);
+        assert_eq!(cfg.turn_ttl, Duration::from_secs(600));
+        assert!(
+            !format!("{cfg:?}").contains("s3cret"),
+            "the secret leaks into Debug"
+        );
+
+        for (toml, key) in [
+            ("[rtc]\nport_range = \"9-2\"\n", "rtc.port_range"),
+            ("[rtc]\nport_range = \"50000\"\n", "rtc.port_range"),
+            ("[rtc]\nudp_port = 70000\n", "rtc.udp_port"),
+            ("[rtc]\npublic_ips = [\"nope\"]\n", "rtc.public_ips"),
+            ("[rtc]\npublic_ips = [\"0.0.0.0\"]\n", "rtc.public_ips"),
+            (
+                "[rtc]\ndiscover_public_ip = true\n",
+                "rtc.discover_public_ip",
+            ),
+            ("[turn]\nurls = [\"turn:x.org\"]\n", "turn.secret"),
+            (
+                "[turn]\nurls = [\"http://x.org\"]\nsecret = \"s\"\n",
+                "turn.urls",
+            ),
+            (
+                "[turn]\nurls = [\"turn:x.org:99999\"]\nsecret = \"s\"\n",
+                "turn.urls",
+            ),
+            (
+                "[turn]\nurls = [\"turn:x.org?transport=sctp\"]\nsecret = \"s\"\n",
+                "turn.urls",
+            ),
+            ("[turn]\nurls = [\"turn:\"]\nsecret = \"s\"\n", "turn.urls"),
+            ("[turn]\nttl = 5\n", "turn.ttl"),
+        ] {
+            let err = Config::from_toml(toml).unwrap_err();
+            assert!(err.to_string().contains(key), "{toml}: {err}");
+        }
     }
 
     #[test]

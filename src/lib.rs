@@ -27,6 +27,7 @@ pub mod protocol;
 pub mod room;
 pub mod sfu;
 pub mod signal;
+pub mod turn;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,20 +36,29 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-pub use app::App;
+pub use app::{App, StartError};
 pub use config::Config;
 
 /// How long shutdown waits for sessions to say goodbye before giving up on them.
 const SESSION_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Serves HTTP and signaling on `listener` until `shutdown` resolves, then closes every
-/// WebSocket with a `bye` and a close frame and returns.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration cannot be put into effect (a busy or unknown media address...).
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("serving HTTP: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Binds media, then serves HTTP and signaling on `listener` until `shutdown` resolves, then
+/// closes every WebSocket with a `bye` and a close frame and returns.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = App::new(config);
+) -> Result<(), ServeError> {
+    let app = App::start(config).await?;
     let addr = listener.local_addr()?;
     let lobby = tokio::spawn(app.registry.clone().run_lobby_broadcaster());
     let router = http::router(app.clone());
@@ -79,5 +89,5 @@ pub async fn run(
         );
     }
     lobby.abort();
-    served
+    Ok(served?)
 }

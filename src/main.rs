@@ -23,7 +23,7 @@ enum Command {
     /// Serve the web client, WebSocket signaling (/ws), /healthz and /metrics.
     ///
     /// Every flag can also be set with the YOOM_* variable shown, or in the config file.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load a running Yoom server with simulated members and report loss, delay and CPU.
     ///
     /// Each room gets --publishers members sending synthetic video (and --audio) and
@@ -41,7 +41,7 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Load(args) => load(args),
         Command::Healthcheck(args) => healthcheck(args),
     }
@@ -88,6 +88,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         tokio::select! {
             result = server => match result {
                 Ok(Ok(())) => ExitCode::SUCCESS,
+                Ok(Err(yoom::ServeError::Start(e))) => {
+                    eprintln!("yoom: {e}");
+                    ExitCode::from(2)
+                }
                 Ok(Err(e)) => {
                     eprintln!("yoom: server error: {e}");
                     ExitCode::FAILURE

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub bytes_forwarded_total: IntCounter,
     /// Packets not forwarded to a subscriber because its queue was full.
     pub drops_queue_full_total: IntCounter,
+    /// Datagrams the shared UDP socket dropped, by reason.
+    pub udp_mux_drops: IntCounterVec,
     /// Keyframe requests (PLI) sent to publishers.
     pub pli_sent_total: IntCounter,
     /// Keyframe requests (PLI/FIR) received from subscribers.
@@ -140,6 +142,13 @@ impl Metrics {
             drops_queue_full_total: counter(
                 "forward_drops_queue_full_total",
                 "Packets dropped for a subscriber whose queue was full",
+            ),
+            udp_mux_drops: counter_vec(
+                "udp_mux_drops_total",
+                "Datagrams dropped by the shared media UDP socket: unknown_source (not a \
+                 connectivity check for a live connection), connection_behind (its inbox was \
+                 full), send_buffer_full",
+                &["reason"],
             ),
             pli_sent_total: counter("pli_sent_total", "Keyframe requests sent to publishers"),
             keyframe_requests_in_total: counter(

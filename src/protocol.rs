@@ -32,6 +32,8 @@ pub enum ErrorCode {
     RateLimited,
     /// The server cannot do this right now (e.g. a media request while media is unavailable).
     Unavailable,
+    /// The server is out of a resource this needs (e.g. every media port is in use).
+    NoCapacity,
 }
 
 impl ErrorCode {
@@ -45,6 +47,7 @@ impl ErrorCode {
             ErrorCode::RoomFull => "room_full",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::NoCapacity => "no_capacity",
         }
     }
 }

@@ -2,52 +2,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{Client, Event, STEP};
-
-fn yoom() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_yoom"));
-    // Run from an empty directory so the repo's config/yoom.toml is not picked up by accident.
-    cmd.current_dir(std::env::temp_dir());
-    for (key, _) in std::env::vars() {
-        if key.starts_with("YOOM_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
-
-/// Starts `yoom serve` and returns it with the address from its "listening on" log line.
-fn spawn_server(cmd: &mut Command) -> (Child, SocketAddr) {
-    let mut child = cmd
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn yoom");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Some(url) = line.split("listening on http://").nth(1) {
-                    let _ = tx.send(url.trim().to_owned());
-                    sent = true;
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(STEP)
-        .expect("server logs its address")
-        .parse()
-        .unwrap();
-    (child, addr)
-}
+use common::{spawn_server, yoom_command as yoom, Client, Event, STEP};
 
 fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     let start = Instant::now();
@@ -134,6 +92,54 @@ fn a_busy_port_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
     assert!(err.contains("cannot listen on"), "{err}");
+}
+
+#[test]
+fn a_busy_media_port_or_an_address_not_on_this_host_is_a_clear_error() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_port = taken.local_addr().unwrap().port().to_string();
+    let out = yoom()
+        .args(["serve", "--bind", "127.0.0.1", "--port", "0"])
+        .args(["--udp-port", &udp_port])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot bind media UDP socket 127.0.0.1:{udp_port}"
+        )),
+        "{err}"
+    );
+
+    // 192.0.2.1 (TEST-NET-1) is on no interface here: unusable in either mode.
+    for mode in [&["--udp-port", "0"][..], &["--port-range", "50000-50010"]] {
+        let out = yoom()
+            .args(["serve", "--bind", "127.0.0.1", "--port", "0"])
+            .args(["--media-ips", "192.0.2.1"])
+            .args(mode)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{mode:?}: {err}");
+        assert!(err.contains("192.0.2.1"), "{mode:?}: {err}");
+    }
+
+    let out = yoom()
+        .args(["serve", "--turn-urls", "turn:turn.example.org:3478"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("turn.secret"), "{err}");
+    let out = yoom()
+        .args(["serve", "--turn-urls", "https://turn.example.org"])
+        .env("YOOM_TURN_SECRET", "x")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("turn.urls"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -273,6 +273,7 @@ async fn janus_member(
         let pc = build_peer_connection(
             &peer_options(plan.udp_ip),
             EventForwarder::new((), events_tx),
+            None,
         )
         .await?;
         let (_, senders) = start_publishing(&pc, plan, counters, &stop).await?;
@@ -343,6 +344,7 @@ async fn janus_member(
         let pc = build_peer_connection(
             &peer_options(plan.udp_ip),
             EventForwarder::new((), events_tx),
+            None,
         )
         .await?;
         let sdp = offer["jsep"]["sdp"].as_str().unwrap_or_default().to_owned();

@@ -184,7 +184,7 @@ async fn member_body(
                         counters.connected.fetch_add(1, Ordering::Relaxed);
                         if plan.publish {
                             let handler = EventForwarder::new(Side::Publish, events_tx.clone());
-                            let pc = build_peer_connection(&peer_options(plan.udp_ip), handler).await?;
+                            let pc = build_peer_connection(&peer_options(plan.udp_ip), handler, None).await?;
                             let (offer, tasks) = start_publishing(&pc, plan, counters, &stop).await?;
                             senders.extend(tasks);
                             publish_pc = Some(pc);
@@ -205,7 +205,7 @@ async fn member_body(
                             Some(pc) => pc.clone(),
                             None => {
                                 let handler = EventForwarder::new(Side::Subscribe, events_tx.clone());
-                                let pc = build_peer_connection(&peer_options(plan.udp_ip), handler).await?;
+                                let pc = build_peer_connection(&peer_options(plan.udp_ip), handler, None).await?;
                                 subscribe_pc = Some(pc.clone());
                                 pc
                             }

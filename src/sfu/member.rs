@@ -33,6 +33,7 @@ use crate::sfu::forwarder::RtpMunger;
 use crate::sfu::peer::{build_peer_connection, EventForwarder, PeerEvent, PeerOptions};
 use crate::sfu::room::SfuRoom;
 use crate::sfu::track::{KeyframeReason, PublishedTrack, TrackId, SUBSCRIBER_QUEUE_LEN};
+use crate::sfu::transport::{ConnectionTransport, MediaTransport};
 
 /// If the client has not answered a subscribe offer by then, the offer is sent again.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,15 +104,27 @@ pub enum MediaSignal {
     Ack {
         tag: ReplyTag,
     },
-    /// The client sent something unusable (bad SDP, an answer with no offer pending...).
+    /// The client sent something unusable (bad SDP, an answer with no offer pending...), or
+    /// the server cannot serve it.
     Error {
         tag: ReplyTag,
+        kind: MediaErrorKind,
         message: String,
     },
     /// A connection failed for good (ICE lost for 15 s): the member should be removed.
     Failed {
         role: Role,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaErrorKind {
+    /// Something in the client's request is wrong.
+    BadRequest,
+    /// The server is out of a resource (media ports) for this member.
+    NoCapacity,
+    /// Media cannot be set up right now for another reason.
+    Unavailable,
 }
 
 /// Handle held by the member's signaling session.
@@ -145,6 +158,7 @@ impl Drop for MediaHandle {
 #[derive(Clone)]
 pub struct MediaContext {
     pub peer_options: PeerOptions,
+    pub transport: Arc<MediaTransport>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -178,6 +192,7 @@ pub fn spawn_member_media(
         renegotiate: false,
         negotiate_at: None,
         subscriber_connected: Arc::new(AtomicBool::new(false)),
+        subscribe_refused: false,
     };
     let done = tokio::spawn(actor.run(commands_rx, events_rx, ended_rx).instrument(span));
     MediaHandle {
@@ -188,6 +203,8 @@ pub fn spawn_member_media(
 
 struct Connection {
     pc: Arc<dyn PeerConnection>,
+    /// Its sockets and the addresses its candidates must announce.
+    transport: Arc<ConnectionTransport>,
     has_remote_description: bool,
     pending_candidates: Vec<RTCIceCandidateInit>,
     _live: GaugeGuard,
@@ -227,6 +244,8 @@ struct MemberMedia {
     /// Whether the subscribe connection is up; egresses drop packets until it is, since
     /// webrtc-rs cannot encrypt them before DTLS completes.
     subscriber_connected: Arc<AtomicBool>,
+    /// The subscribe connection could not be created and the client was told so.
+    subscribe_refused: bool,
     task: GaugeGuard,
 }
 
@@ -298,7 +317,14 @@ impl MemberMedia {
     /// Returns false when the member should stop (a connection failed for good).
     async fn handle_event(&mut self, role: Role, event: PeerEvent) -> bool {
         match event {
-            PeerEvent::Candidate(candidate) => {
+            PeerEvent::Candidate(mut candidate) => {
+                let conn = match role {
+                    Role::Publish => self.publish.as_ref(),
+                    Role::Subscribe => self.subscribe.as_ref(),
+                };
+                if let Some(conn) = conn {
+                    candidate.candidate = conn.transport.announce_candidate(&candidate.candidate);
+                }
                 self.signal(MediaSignal::Candidate { role, candidate });
             }
             PeerEvent::GatheringComplete => {}
@@ -342,40 +368,60 @@ impl MemberMedia {
     }
 
     fn reply_error(&self, tag: ReplyTag, message: String) {
-        warn!(%message, "media request refused");
-        self.signal(MediaSignal::Error { tag, message });
+        self.report_error(tag, MediaErrorKind::BadRequest, message);
     }
 
-    async fn connection(&mut self, role: Role) -> Option<&mut Connection> {
+    fn report_error(&self, tag: ReplyTag, kind: MediaErrorKind, message: String) {
+        warn!(%message, ?kind, "media request refused");
+        self.signal(MediaSignal::Error { tag, kind, message });
+    }
+
+    /// The member's connection for `role`, created on first use.
+    async fn connection(
+        &mut self,
+        role: Role,
+    ) -> Result<&mut Connection, (MediaErrorKind, String)> {
         let slot = match role {
             Role::Publish => &self.publish,
             Role::Subscribe => &self.subscribe,
         };
         if slot.is_none() {
+            let transport = self.ctx.transport.connection().map_err(|e| {
+                (
+                    MediaErrorKind::NoCapacity,
+                    format!(
+                        "no media port free for the {} connection: {e}",
+                        role.as_str()
+                    ),
+                )
+            })?;
             let handler = EventForwarder::new(role, self.events_tx.clone());
-            match build_peer_connection(&self.ctx.peer_options, handler).await {
-                Ok(pc) => {
-                    let conn = Connection {
-                        pc,
-                        has_remote_description: false,
-                        pending_candidates: Vec::new(),
-                        _live: GaugeGuard::new(self.ctx.metrics.peer_connections.clone()),
-                    };
-                    match role {
-                        Role::Publish => self.publish = Some(conn),
-                        Role::Subscribe => self.subscribe = Some(conn),
-                    }
-                }
-                Err(e) => {
+            let pc = build_peer_connection(&self.ctx.peer_options, handler, Some(&transport))
+                .await
+                .map_err(|e| {
                     warn!(pc = role.as_str(), error = %e, "cannot create peer connection");
-                    return None;
-                }
+                    (
+                        MediaErrorKind::Unavailable,
+                        "media is unavailable right now".to_string(),
+                    )
+                })?;
+            let conn = Connection {
+                pc,
+                transport,
+                has_remote_description: false,
+                pending_candidates: Vec::new(),
+                _live: GaugeGuard::new(self.ctx.metrics.peer_connections.clone()),
+            };
+            match role {
+                Role::Publish => self.publish = Some(conn),
+                Role::Subscribe => self.subscribe = Some(conn),
             }
         }
-        match role {
+        let conn = match role {
             Role::Publish => self.publish.as_mut(),
             Role::Subscribe => self.subscribe.as_mut(),
-        }
+        };
+        conn.ok_or((MediaErrorKind::Unavailable, "no connection".to_string()))
     }
 
     async fn on_publish_offer(&mut self, sdp: String, tag: ReplyTag) {
@@ -383,8 +429,9 @@ impl MemberMedia {
             Ok(o) => o,
             Err(e) => return self.reply_error(tag, format!("`sdp`: not a valid offer: {e}")),
         };
-        let Some(conn) = self.connection(Role::Publish).await else {
-            return self.reply_error(tag, "media is unavailable right now".into());
+        let conn = match self.connection(Role::Publish).await {
+            Ok(conn) => conn,
+            Err((kind, message)) => return self.report_error(tag, kind, message),
         };
         let pc = conn.pc.clone();
         if let Err(e) = pc.set_remote_description(offer).await {
@@ -400,10 +447,11 @@ impl MemberMedia {
         if let Err(e) = pc.set_local_description(answer).await {
             return self.reply_error(tag, format!("`sdp`: cannot apply the answer: {e}"));
         }
+        let transport = conn.transport.clone();
         match pc.local_description().await {
             Some(local) => self.signal(MediaSignal::Answer {
                 role: Role::Publish,
-                sdp: local.sdp,
+                sdp: transport.announce_sdp(&local.sdp),
                 tag,
             }),
             None => self.reply_error(tag, "no local description after answering".into()),
@@ -497,10 +545,19 @@ impl MemberMedia {
             return;
         }
         let member = self.member.clone();
-        let Some(conn) = self.connection(Role::Subscribe).await else {
-            return;
+        let conn = match self.connection(Role::Subscribe).await {
+            Ok(conn) => conn,
+            Err((kind, message)) => {
+                // Said once: the next change in the room tries again.
+                if !self.subscribe_refused {
+                    self.subscribe_refused = true;
+                    self.report_error(None, kind, message);
+                }
+                return;
+            }
         };
-        let pc = conn.pc.clone();
+        let (pc, transport) = (conn.pc.clone(), conn.transport.clone());
+        self.subscribe_refused = false;
         for id in gone {
             if let Some(down) = self.forwarding.remove(&id) {
                 down.source.remove_subscriber(&member);
@@ -553,7 +610,7 @@ impl MemberMedia {
             self.offer_sent_at = Some(Instant::now());
             self.signal(MediaSignal::Offer {
                 role: Role::Subscribe,
-                sdp: local.sdp,
+                sdp: transport.announce_sdp(&local.sdp),
             });
         }
     }

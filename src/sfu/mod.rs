@@ -17,3 +17,4 @@ pub mod member;
 pub mod peer;
 pub mod room;
 pub mod track;
+pub mod transport;

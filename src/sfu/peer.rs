@@ -19,6 +19,7 @@ use webrtc::peer_connection::{
 };
 
 use crate::sfu::codecs::media_engine_and_interceptors;
+use crate::sfu::transport::ConnectionTransport;
 
 /// ICE consent: a connection without traffic is Disconnected after this long...
 const ICE_DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(5);
@@ -93,16 +94,24 @@ pub enum PeerError {
     WebRtc(#[from] webrtc::error::Error),
 }
 
-/// Builds a connection with Yoom's codecs and interceptors whose events go to `handler`.
+/// Builds a connection with Yoom's codecs and interceptors whose events go to `handler`. With
+/// a `transport` (the server's connections) its sockets and ICE credentials come from there;
+/// without one (client peers of the load tool and tests) webrtc-rs binds its own.
 pub async fn build_peer_connection(
     options: &PeerOptions,
     handler: Arc<dyn PeerConnectionEventHandler>,
+    transport: Option<&Arc<ConnectionTransport>>,
 ) -> Result<Arc<dyn PeerConnection>, PeerError> {
     if options.udp_ips.is_empty() {
         return Err(PeerError::NoAddress);
     }
     let (engine, registry) = media_engine_and_interceptors()?;
-    let settings = SettingEngineBuilder::new()
+    let mut settings = SettingEngineBuilder::new();
+    if let Some(transport) = transport {
+        // Pinned so the shared socket can route a client's first check to this connection.
+        settings = settings.with_ice_credentials(transport.ufrag.clone(), transport.pwd.clone());
+    }
+    let settings = settings
         // The default (query mode) binds a multicast socket per connection and fails where
         // there is no multicast; candidates from browsers with mDNS names still connect
         // through peer-reflexive pairs.
@@ -129,7 +138,11 @@ pub async fn build_peer_connection(
         .iter()
         .map(|ip| SocketAddr::new(*ip, 0))
         .collect();
-    let pc = PeerConnectionBuilder::new()
+    let mut builder = PeerConnectionBuilder::new();
+    if let Some(transport) = transport {
+        builder = builder.with_runtime(transport.runtime());
+    }
+    let pc = builder
         .with_configuration(
             RTCConfigurationBuilder::new()
                 .with_ice_servers(options.ice_servers.clone())

@@ -21,7 +21,9 @@ use crate::protocol::{
     ServerMessage, PROTOCOL_VERSION,
 };
 use crate::room::outbox::{CloseReason, Outbound, Outbox, OutboxReceiver};
-use crate::sfu::member::{spawn_member_media, MediaCommand, MediaHandle, MediaSignal, Role};
+use crate::sfu::member::{
+    spawn_member_media, MediaCommand, MediaErrorKind, MediaHandle, MediaSignal, Role,
+};
 use crate::signal::rate_limit::{RateLimiter, Verdict};
 
 /// How long the writer waits for one frame to go out while closing, so that a dead peer cannot
@@ -202,7 +204,7 @@ impl Session {
             ClientMessage::ListRooms => registry.list_rooms(id, reference),
             ClientMessage::SetName { name } => registry.set_name(id, name, reference),
             ClientMessage::Join { room, name } => {
-                let joined = registry.join(id, room, name, self.app.ice_servers(), reference)?;
+                let joined = registry.join(id, room, name, self.app.ice_servers(id), reference)?;
                 if joined.moved || self.media.is_none() {
                     tracing::Span::current().record("room", joined.room.as_str());
                     self.stop_media().await;
@@ -305,13 +307,17 @@ impl Session {
                     .send(ServerMessage::Ack.to_json(tag.as_ref()).into());
                 return;
             }
-            MediaSignal::Error { tag, message } => {
-                send_error(
-                    &self.app,
-                    &self.outbox,
-                    tag.as_ref(),
-                    ProtocolError::field(message),
-                );
+            MediaSignal::Error { tag, kind, message } => {
+                let error = match kind {
+                    MediaErrorKind::BadRequest => ProtocolError::field(message),
+                    MediaErrorKind::NoCapacity => {
+                        ProtocolError::new(ErrorCode::NoCapacity, message)
+                    }
+                    MediaErrorKind::Unavailable => {
+                        ProtocolError::new(ErrorCode::Unavailable, message)
+                    }
+                };
+                send_error(&self.app, &self.outbox, tag.as_ref(), error);
                 return;
             }
             MediaSignal::Failed { role } => {

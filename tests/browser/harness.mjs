@@ -50,11 +50,11 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 // eslint-disable-next-line no-control-regex
 const stripAnsi = (s) => s.replace(/\x1b\[[0-9;]*[A-Za-z]/g, '');
 
-/** Starts `$YOOM_BIN serve --bind 127.0.0.1 --port 0 [extraArgs]`; resolves once it logs its URL.
+/** Starts `$YOOM_BIN serve --bind 127.0.0.1 --port 0 --udp-port 0 [extraArgs]`; resolves once it logs its URL.
  * The result has `url`, `child` and `log()` (the tail of everything the server printed). */
 export function startServer(extraArgs = []) {
   return new Promise((resolve, reject) => {
-    const child = spawn(YOOM_BIN, ['serve', '--bind', '127.0.0.1', '--port', '0', ...extraArgs], {
+    const child = spawn(YOOM_BIN, ['serve', '--bind', '127.0.0.1', '--port', '0', '--udp-port', '0', ...extraArgs], {
       env: { ...process.env, NO_COLOR: '1' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });

@@ -72,6 +72,8 @@ pub struct MediaPeer {
     pub relay_dropped: Arc<std::sync::atomic::AtomicU64>,
     /// The server's answer to this peer's publish offer.
     pub publish_answer_sdp: String,
+    /// Every ICE candidate the server announced (in SDPs and trickled), as sent.
+    pub server_candidates: Arc<Mutex<Vec<String>>>,
     sending: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     publish_pc: Arc<Mutex<Option<Arc<dyn PeerConnection>>>>,
@@ -109,7 +111,17 @@ fn redirect_candidate(candidate: &str, to: SocketAddr) -> (String, Option<Socket
     (parts.join(" "), old)
 }
 
-fn candidate_addr(candidate: &str) -> Option<SocketAddr> {
+fn record_candidates(into: &Mutex<Vec<String>>, sdp: &str) {
+    let found = sdp
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a="))
+        .filter(|l| l.starts_with("candidate:"))
+        .map(str::to_owned);
+    into.lock().unwrap().extend(found);
+}
+
+/// The `address:port` of a candidate string.
+pub fn candidate_addr(candidate: &str) -> Option<SocketAddr> {
     let parts: Vec<&str> = candidate.split(' ').collect();
     format!("{}:{}", parts.get(4)?, parts.get(5)?).parse().ok()
 }
@@ -150,6 +162,7 @@ impl MediaPeer {
             video_sent: Default::default(),
             relay_dropped: Default::default(),
             publish_answer_sdp: String::new(),
+            server_candidates: Default::default(),
             sending: Arc::new(AtomicBool::new(true)),
             tasks: Vec::new(),
             publish_pc: Default::default(),
@@ -171,6 +184,7 @@ impl MediaPeer {
         let (publish_pc, subscribe_pc) = (peer.publish_pc.clone(), peer.subscribe_pc.clone());
         let (received, remote_tracks) = (peer.received.clone(), peer.remote_tracks.clone());
         let (offers, last_offer) = (peer.offers_received.clone(), peer.last_offer_sdp.clone());
+        let server_candidates = peer.server_candidates.clone();
         let out = out_tx.clone();
         let events_for_sub = events_tx.clone();
         let relay_dropped = peer.relay_dropped.clone();
@@ -189,6 +203,7 @@ impl MediaPeer {
                         let v: Value = serde_json::from_str(t.as_str()).unwrap();
                         match v["type"].as_str() {
                             Some("answer") if v["pc"] == "publish" => {
+                                record_candidates(&server_candidates, v["sdp"].as_str().unwrap_or_default());
                                 let pc = publish_pc.lock().unwrap().clone().unwrap();
                                 let answer = RTCSessionDescription::answer(v["sdp"].as_str().unwrap().to_owned()).unwrap();
                                 // (the sdp stays in `v` for the test to inspect)
@@ -202,6 +217,7 @@ impl MediaPeer {
                             Some("offer") if v["pc"] == "subscribe" => {
                                 offers.fetch_add(1, Ordering::SeqCst);
                                 let mut sdp = v["sdp"].as_str().unwrap().to_owned();
+                                record_candidates(&server_candidates, &sdp);
                                 if let Some(every) = drop_every {
                                     let mut lines = Vec::new();
                                     for line in sdp.split("\r\n") {
@@ -230,7 +246,7 @@ impl MediaPeer {
                                     Some(pc) => pc,
                                     None => {
                                         let handler = EventForwarder::new(Side::Subscribe, events_for_sub.clone());
-                                        let pc = build_peer_connection(&options(), handler).await.unwrap();
+                                        let pc = build_peer_connection(&options(), handler, None).await.unwrap();
                                         *subscribe_pc.lock().unwrap() = Some(pc.clone());
                                         pc
                                     }
@@ -258,6 +274,7 @@ impl MediaPeer {
                             Some("candidate") => {
                                 let side = if v["pc"] == "publish" { Side::Publish } else { Side::Subscribe };
                                 let mut c: RTCIceCandidateInit = serde_json::from_value(v["candidate"].clone()).unwrap();
+                                server_candidates.lock().unwrap().push(c.candidate.clone());
                                 if let (Side::Subscribe, Some(every)) = (side, drop_every) {
                                     if relay.is_none() {
                                         if let Some(server) = candidate_addr(&c.candidate) {
@@ -339,7 +356,9 @@ impl MediaPeer {
     pub async fn publish(&mut self, video_pps: u32) {
         let events = self.publish_events.clone().unwrap();
         let handler = EventForwarder::new(Side::Publish, events);
-        let pc = build_peer_connection(&options(), handler).await.unwrap();
+        let pc = build_peer_connection(&options(), handler, None)
+            .await
+            .unwrap();
         let video = local_track(
             &self.id,
             "cam",

@@ -23,7 +23,7 @@ pub const STEP: Duration = Duration::from_secs(10);
 pub struct TestServer {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    task: Option<JoinHandle<Result<(), yoom::ServeError>>>,
 }
 
 impl TestServer {
@@ -110,10 +110,56 @@ impl Drop for TestServer {
     }
 }
 
+/// The real `yoom` binary, run from an empty directory (so the repo's config/yoom.toml is not
+/// picked up by accident) with no inherited `YOOM_*` settings.
+pub fn yoom_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_yoom"));
+    cmd.current_dir(std::env::temp_dir());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("YOOM_") {
+            cmd.env_remove(key);
+        }
+    }
+    // Tests run side by side: no two servers may want the default media port.
+    cmd.env("YOOM_UDP_PORT", "0");
+    cmd
+}
+
+/// Starts `yoom serve` and returns it with the address from its "listening on" log line.
+pub fn spawn_server(cmd: &mut std::process::Command) -> (std::process::Child, SocketAddr) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn yoom");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent {
+                if let Some(url) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(url.trim().to_owned());
+                    sent = true;
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(STEP)
+        .expect("server logs its address")
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
 pub fn test_config() -> Config {
     Config {
         bind: "127.0.0.1".parse().unwrap(),
         port: 0,
+        // Tests run side by side: each server shares media on its own free UDP port.
+        udp_port: 0,
         ..Config::default()
     }
 }

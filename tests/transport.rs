@@ -1,0 +1,248 @@
+//! Where media flows: one shared UDP port, a port range, announced public addresses
+//! (webrtc-rs test peers against a real server).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use common::media::{candidate_addr, MediaPeer, TrackKey};
+use common::{spawn_server, test_config, yoom_command, TestServer, STEP};
+use yoom::load::{run as run_load, LoadArgs, Target};
+
+/// Media scenarios share two cores: run them one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn video(publisher: &MediaPeer) -> TrackKey {
+    (publisher.id.clone(), "video")
+}
+
+fn announced(peer: &MediaPeer) -> BTreeSet<SocketAddr> {
+    let candidates = peer.server_candidates.lock().unwrap();
+    assert!(!candidates.is_empty(), "the server announced no candidate");
+    candidates
+        .iter()
+        .map(|c| candidate_addr(c).unwrap_or_else(|| panic!("unparsable candidate {c}")))
+        .collect()
+}
+
+/// UDP sockets the process `pid` has open, from `ss`.
+fn udp_sockets_of(pid: u32) -> Vec<String> {
+    let out = std::process::Command::new("ss")
+        .args(["-H", "-u", "-a", "-n", "-p"])
+        .output()
+        .expect("ss (iproute2) runs");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_members_in_three_rooms_share_one_udp_port() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (mut child, addr) =
+        spawn_server(yoom_command().args(["serve", "--bind", "127.0.0.1", "--port", "0"]));
+    let url = format!("ws://{addr}/ws");
+    let mut members = Vec::new();
+    for (room, size) in [("a", 4), ("b", 3), ("c", 3)] {
+        let mut publisher = MediaPeer::join(&url, room, "pub").await;
+        publisher.publish(50).await;
+        let mut subscribers = Vec::new();
+        for i in 1..size {
+            subscribers.push(MediaPeer::join(&url, room, &format!("sub{i}")).await);
+        }
+        members.push((publisher, subscribers));
+    }
+    for (publisher, subscribers) in &members {
+        for s in subscribers {
+            s.wait_received(&video(publisher), STEP, |r| r.packets > 20)
+                .await;
+        }
+    }
+
+    let mut ports = BTreeSet::new();
+    for (publisher, subscribers) in &members {
+        for peer in std::iter::once(publisher).chain(subscribers) {
+            ports.extend(announced(peer).iter().map(|a| (a.ip(), a.port())));
+        }
+    }
+    assert_eq!(ports.len(), 1, "all candidates name one address: {ports:?}");
+    let (ip, port) = ports.into_iter().next().unwrap();
+    assert_eq!(ip, IpAddr::from([127, 0, 0, 1]));
+    // 10 members, 13 peer connections on the server, one UDP socket.
+    let sockets = udp_sockets_of(child.id());
+    assert_eq!(sockets.len(), 1, "{sockets:#?}");
+    assert!(
+        sockets[0].contains(&format!("127.0.0.1:{port} ")),
+        "{sockets:#?}"
+    );
+
+    for (publisher, subscribers) in members {
+        publisher.leave().await;
+        for s in subscribers {
+            s.leave().await;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// `n` consecutive UDP ports free on loopback right now.
+fn free_port_range(n: u16) -> RangeInclusive<u16> {
+    for _ in 0..100 {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let first = probe.local_addr().unwrap().port();
+        drop(probe);
+        let Some(last) = first.checked_add(n - 1) else {
+            continue;
+        };
+        if (first..=last).all(|p| std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
+            return first..=last;
+        }
+    }
+    panic!("no {n} free consecutive ports");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_range_is_leased_out_refused_when_exhausted_and_returned() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let range = free_port_range(4);
+    let server = TestServer::with_config(yoom::Config {
+        port_range: Some(range.clone()),
+        ..test_config()
+    })
+    .await;
+    let url = server.ws_url();
+    // Two publishers who also receive each other: four connections, every port in use.
+    let mut alice = MediaPeer::join(&url, "r", "alice").await;
+    alice.publish(50).await;
+    let mut bob = MediaPeer::join(&url, "r", "bob").await;
+    bob.publish(50).await;
+    alice
+        .wait_received(&video(&bob), STEP, |r| r.packets > 10)
+        .await;
+    bob.wait_received(&video(&alice), STEP, |r| r.packets > 10)
+        .await;
+    for peer in [&alice, &bob] {
+        for addr in announced(peer) {
+            assert!(range.contains(&addr.port()), "{addr} outside {range:?}");
+        }
+    }
+
+    // A third member cannot get a port for receiving: told so, nothing else breaks.
+    let mut carol = MediaPeer::join(&url, "r", "carol").await;
+    let error = carol.recv_type("error").await;
+    assert_eq!(error["code"], "no_capacity", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("port"),
+        "{error}"
+    );
+    let before = bob.received(&video(&alice)).packets;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        bob.received(&video(&alice)).packets > before,
+        "alice → bob stopped"
+    );
+
+    // Alice leaves: her two ports come back and carol's subscription goes through on one.
+    alice.leave().await;
+    carol
+        .wait_received(&video(&bob), STEP, |r| r.packets > 10)
+        .await;
+    for addr in announced(&carol) {
+        assert!(range.contains(&addr.port()), "{addr} outside {range:?}");
+    }
+    carol.leave().await;
+    bob.leave().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_ips_are_what_candidates_announce() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let public: IpAddr = "203.0.113.7".parse().unwrap();
+    let server = TestServer::with_config(yoom::Config {
+        public_ips: vec![public],
+        ..test_config()
+    })
+    .await;
+    let mut peer = MediaPeer::join(&server.ws_url(), "r", "nat").await;
+    peer.publish(10).await;
+    // Trickled candidates follow the answer; give them a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let addrs = announced(&peer);
+    assert!(
+        addrs.iter().all(|a| a.ip() == public),
+        "every candidate announces {public}: {addrs:?}"
+    );
+    assert!(
+        !peer.publish_answer_sdp.contains("127.0.0.1 "),
+        "the bound address leaks into the answer"
+    );
+    peer.leave().await;
+    server.shutdown().await;
+}
+
+async fn hundred_members(config: yoom::Config) -> yoom::load::Report {
+    let server = TestServer::with_config(yoom::Config {
+        max_room_members: 200,
+        ..config
+    })
+    .await;
+    let args = LoadArgs {
+        url: format!("http://{}", server.addr),
+        rooms: 1,
+        publishers: 1,
+        subscribers: 99,
+        duration: 4,
+        join_rate: 50.0,
+        video_kbps: 300,
+        packet_bytes: 1200,
+        audio: false,
+        server_pid: None,
+        media_ip: "127.0.0.1".parse().unwrap(),
+        json: true,
+        target: Target::Yoom,
+        janus_api: None,
+    };
+    let report = tokio::time::timeout(Duration::from_secs(90), run_load(args))
+        .await
+        .expect("load run ends")
+        .expect("load run succeeds");
+    server.shutdown().await;
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_members_on_one_port_fare_as_well_as_on_a_port_each() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let shared = hundred_members(test_config()).await;
+    let range = free_port_range(210);
+    let separate = hundred_members(yoom::Config {
+        port_range: Some(range),
+        ..test_config()
+    })
+    .await;
+    for (mode, report) in [("one port", &shared), ("port range", &separate)] {
+        assert_eq!(report.members, 100, "{mode}");
+        assert_eq!(report.members_failed, 0, "{mode}: {report:?}");
+        assert_eq!(report.video.subscribers_without_video, 0, "{mode}");
+        assert!(
+            report.video.loss_percent < 0.5,
+            "{mode}: {:.2} % loss",
+            report.video.loss_percent
+        );
+    }
+    eprintln!(
+        "loss: one port {:.3} %, port range {:.3} %; delay p99: {:?} vs {:?} ms",
+        shared.video.loss_percent,
+        separate.video.loss_percent,
+        shared.video.delay_ms_p99,
+        separate.video.delay_ms_p99
+    );
+}
