@@ -93,6 +93,7 @@ impl App {
                 // The server's own connections never use TURN or STUN: they would all share
                 // one relayed 5-tuple, and the shared socket only accepts clients' checks.
                 ice_servers: Vec::new(),
+                direction: Default::default(),
             },
             transport,
             metrics: metrics.clone(),

@@ -113,7 +113,7 @@ pub fn spawn_member(plan: MemberPlan, counters: Arc<RunCounters>) -> MemberHandl
 pub(crate) fn peer_options(ip: std::net::IpAddr) -> PeerOptions {
     PeerOptions {
         udp_ips: vec![ip],
-        ice_servers: vec![],
+        ..PeerOptions::default()
     }
 }
 

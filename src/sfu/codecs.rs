@@ -8,7 +8,11 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use rtc::interceptor::{
-    Attribute, AttributedPacket, Interceptor, Packet, Slot, StreamInfo, TaggedPacket,
+    Attribute, AttributedPacket, Interceptor, NackGeneratorBuilder, NackResponderBuilder, Packet,
+    ReceiverReportBuilder, SenderReportBuilder, Slot, StreamInfo, TaggedPacket,
+};
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MIME_TYPE_VP9,
@@ -100,16 +104,65 @@ pub fn supported_codecs() -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
 /// A media engine with [`supported_codecs`] and the interceptor chain: NACK generator and
 /// responder, RTCP sender/receiver reports, TWCC feedback towards publishers (so browsers ramp
 /// their bitrate up), and [`KeyframeRequestForwarder`] so PLI/FIR reach the application.
-pub fn media_engine_and_interceptors() -> webrtc::error::Result<(MediaEngine, Registry)> {
+/// Which way media flows on a connection; decides the interceptors it needs. Every
+/// interceptor in the chain handles every packet, so a connection carries only its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MediaDirection {
+    /// Sends and receives (client peers of the load tool and tests).
+    #[default]
+    Both,
+    /// Only receives: a member's publish connection on the server. NACK generator, receiver
+    /// reports, TWCC feedback (the publisher's browser sizes its bitrate by it).
+    ReceiveOnly,
+    /// Only sends: a member's subscribe connection on the server, the per-packet hot path.
+    /// NACK responder, sender reports, and PLI/FIR up to the application.
+    SendOnly,
+}
+
+pub fn media_engine_and_interceptors(
+    direction: MediaDirection,
+) -> webrtc::error::Result<(MediaEngine, Registry)> {
     let mut engine = MediaEngine::default();
     for (params, kind) in supported_codecs() {
         engine.register_codec(params, kind)?;
     }
-    // Must come after the codecs: it adds its RTCP feedback to the codecs registered so far.
-    let registry = register_default_interceptors(Registry::new(), &mut engine)?;
-    // The application-most slot (the default chain ends at 11_000).
-    let registry = registry.with(Slot::from(14_000), KeyframeRequestForwarder::default());
+    // Feedback must be registered after the codecs: it is added to the codecs registered so far.
+    let registry = match direction {
+        MediaDirection::Both => register_default_interceptors(Registry::new(), &mut engine)?,
+        MediaDirection::ReceiveOnly => {
+            register_nack_feedback(&mut engine);
+            configure_simulcast_extension_headers(&mut engine)?;
+            let registry = Registry::new()
+                .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+                .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
+            configure_twcc_receiver_only(registry, &mut engine)?
+        }
+        MediaDirection::SendOnly => {
+            register_nack_feedback(&mut engine);
+            Registry::new()
+                .with(Slot::NackResponder, NackResponderBuilder::new().build())
+                .with(Slot::SenderReport, SenderReportBuilder::new().build())
+        }
+    };
+    let registry = match direction {
+        MediaDirection::ReceiveOnly => registry,
+        // The application-most slot (the default chain ends at 11_000).
+        _ => registry.with(Slot::from(14_000), KeyframeRequestForwarder::default()),
+    };
     Ok((engine, registry))
+}
+
+/// Offers "nack" and "nack pli" on video, as `configure_nack` does, without its interceptors.
+fn register_nack_feedback(engine: &mut MediaEngine) {
+    for parameter in ["", "pli"] {
+        engine.register_feedback(
+            RTCPFeedback {
+                typ: "nack".into(),
+                parameter: parameter.into(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
 }
 
 /// Passes PLI and FIR up to the application (the end of the chain drops all other RTCP).
@@ -234,6 +287,6 @@ mod tests {
 
     #[test]
     fn engine_builds() {
-        media_engine_and_interceptors().expect("codecs register");
+        media_engine_and_interceptors(MediaDirection::Both).expect("codecs register");
     }
 }

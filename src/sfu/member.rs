@@ -28,6 +28,7 @@ use webrtc::rtp_transceiver::RtpSender;
 use crate::ids::{MemberId, RoomId};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::sfu::codecs::same_codec;
+use crate::sfu::codecs::MediaDirection;
 use crate::sfu::egress::Egress;
 use crate::sfu::forwarder::RtpMunger;
 use crate::sfu::peer::{build_peer_connection, EventForwarder, PeerEvent, PeerOptions};
@@ -396,7 +397,14 @@ impl MemberMedia {
                 )
             })?;
             let handler = EventForwarder::new(role, self.events_tx.clone());
-            let pc = build_peer_connection(&self.ctx.peer_options, handler, Some(&transport))
+            let options = PeerOptions {
+                direction: match role {
+                    Role::Publish => MediaDirection::ReceiveOnly,
+                    Role::Subscribe => MediaDirection::SendOnly,
+                },
+                ..self.ctx.peer_options.clone()
+            };
+            let pc = build_peer_connection(&options, handler, Some(&transport))
                 .await
                 .map_err(|e| {
                     warn!(pc = role.as_str(), error = %e, "cannot create peer connection");

@@ -18,7 +18,7 @@ use webrtc::peer_connection::{
     RTCPeerConnectionState, SettingEngineBuilder,
 };
 
-use crate::sfu::codecs::media_engine_and_interceptors;
+use crate::sfu::codecs::{media_engine_and_interceptors, MediaDirection};
 use crate::sfu::transport::ConnectionTransport;
 
 /// ICE consent: a connection without traffic is Disconnected after this long...
@@ -84,6 +84,8 @@ pub struct PeerOptions {
     /// One UDP socket (ephemeral port) per address; each yields a host candidate.
     pub udp_ips: Vec<IpAddr>,
     pub ice_servers: Vec<RTCIceServer>,
+    /// Which interceptors the connection gets.
+    pub direction: MediaDirection,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +107,7 @@ pub async fn build_peer_connection(
     if options.udp_ips.is_empty() {
         return Err(PeerError::NoAddress);
     }
-    let (engine, registry) = media_engine_and_interceptors()?;
+    let (engine, registry) = media_engine_and_interceptors(options.direction)?;
     let mut settings = SettingEngineBuilder::new();
     if let Some(transport) = transport {
         // Pinned so the shared socket can route a client's first check to this connection.

@@ -129,7 +129,7 @@ pub fn candidate_addr(candidate: &str) -> Option<SocketAddr> {
 fn options() -> PeerOptions {
     PeerOptions {
         udp_ips: vec!["127.0.0.1".parse().unwrap()],
-        ice_servers: vec![],
+        ..PeerOptions::default()
     }
 }
 
