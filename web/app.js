@@ -8,7 +8,7 @@
 //   address bar lands in the same room; the lobby clears it.
 
 import { Signaling } from './signaling.js';
-import { MediaSession } from './media.js';
+import { MediaSession, describeTurnError } from './media.js';
 import { VideoGrid } from './grid.js';
 import { ChatPanel } from './chat.js';
 import { el, icon, setIcon, hydrateIcons, toast, initials, avatarColor, hhmm } from './ui.js';
@@ -23,6 +23,8 @@ const narrowScreen = window.matchMedia('(max-width: 760px)');
 const $ = (id) => document.getElementById(id);
 
 const params = new URLSearchParams(window.location.search);
+// `?relay=1`: iceTransportPolicy 'relay', media only through the TURN servers the server hands out
+// in `joined` (for checking a TURN deployment, and how the browser tests prove relaying works).
 const relayOnly = params.get('relay') === '1';
 
 const state = {
@@ -39,6 +41,7 @@ const state = {
   pendingJoin: null, // { room, name } waiting for the connection
   joinSeq: 0, // bumps on every join/leave so a late reply for an abandoned join is ignored
   stageNotice: null,
+  mediaProblems: { states: {}, turn: new Map(), dismissed: null }, // see renderMediaProblems
   quietJoinNames: new Set(), // names present before our reconnection…
   quietJoinsUntil: 0, // …whose re-joins until this time are not announced in chat
 };
@@ -276,8 +279,65 @@ function setStageNotice(text) {
     el('button', { class: 'notice-close', type: 'button', 'aria-label': 'Dismiss notice', onclick: () => setStageNotice(null) }, icon('close', { size: 14 })));
 }
 
+// A failed connection or a TURN server refusing us does not fix itself, so these show as a lasting
+// banner rather than a toast. A TURN error shows at once in relay-only mode (no relay, no media);
+// otherwise only as the likely cause once a connection failed, since media usually connects
+// directly anyway. A problem disappears once the connection it concerns is connected.
+
+function resetMediaProblems() {
+  state.mediaProblems = { states: {}, turn: new Map(), dismissed: null };
+  renderMediaProblems();
+}
+
+function onMediaConnectionState(role, connState) {
+  state.mediaProblems.states[role] = connState;
+  renderMediaProblems();
+}
+
+function onTurnError(problem) {
+  const { title, detail } = describeTurnError(problem);
+  const known = state.mediaProblems.turn.get(title); // the same refusal for both connections: one line
+  if (known) known.roles.add(problem.role);
+  else state.mediaProblems.turn.set(title, { title, detail, code: problem.code, roles: new Set([problem.role]) });
+  renderMediaProblems();
+}
+
+function renderMediaProblems() {
+  const { states, turn, dismissed } = state.mediaProblems;
+  const failed = Object.keys(states).filter((role) => states[role] === 'failed');
+  const lines = [];
+  if (failed.length) {
+    const who = failed.length > 1 ? 'Audio and video cannot get through'
+      : failed[0] === 'publish' ? 'The others cannot see or hear you' : 'You cannot see or hear the others';
+    lines.push(el('p', { 'data-testid': 'media-failed' }, el('strong', {}, 'Media connection failed.'), ` ${who}; chat still works.`));
+  }
+  if (relayOnly || failed.length) {
+    for (const t of turn.values()) {
+      if ([...t.roles].every((role) => states[role] === 'connected')) continue;
+      lines.push(el('p', { 'data-testid': 'turn-error', 'data-code': String(t.code) }, el('strong', {}, t.title), ` ${t.detail}`));
+    }
+  }
+  const node = $('media-error');
+  const signature = lines.map((l) => l.textContent).join('\n');
+  node.hidden = lines.length === 0 || signature === dismissed;
+  if (node.hidden) return;
+  if (node.dataset.signature === signature) return; // unchanged: keep the DOM (and any focus) as is
+  node.dataset.signature = signature;
+  node.replaceChildren(icon('alert', { size: 18 }), el('div', { class: 'media-error-text' }, lines),
+    el('button', {
+      class: 'notice-close',
+      type: 'button',
+      'aria-label': 'Dismiss',
+      onclick: () => {
+        state.mediaProblems.dismissed = signature;
+        renderMediaProblems();
+      },
+    }, icon('close', { size: 14 })));
+}
+
 function startMedia(iceServers, reuse) {
   setStageNotice(null);
+  resetMediaProblems();
   if (!state.mediaEnabled) {
     if (!MediaSession.supported()) setStageNotice('This browser cannot do video calls (no WebRTC). Chat still works.');
     return;
@@ -295,6 +355,12 @@ function startMedia(iceServers, reuse) {
     },
     onError: (text) => toast(text, 'error'),
     onNotice: (text) => setStageNotice(text),
+    onConnectionState: (role, connState) => {
+      if (state.media === media) onMediaConnectionState(role, connState);
+    },
+    onTurnError: (problem) => {
+      if (state.media === media) onTurnError(problem);
+    },
   });
   state.media = media;
   const hasTurn = iceServers.some((s) => [].concat(s.urls ?? []).some((u) => /^turns?:/i.test(u)));
@@ -495,6 +561,7 @@ function leaveRoom() {
   chat.clear();
   setUnread(0);
   setStageNotice(null);
+  resetMediaProblems();
   $('sound-unlock').hidden = true;
   setUrl(null);
   showLobby();

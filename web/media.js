@@ -9,6 +9,7 @@
 // - Local tracks live on two fixed sendonly transceivers (audio, video). Switching devices or
 //   turning a missing camera on uses `replaceTrack`, never renegotiation.
 // - Nothing here throws into the caller: failures are reported through `onError`/`onNotice`
+//   (and connection states and TURN servers' error answers through `onConnectionState`/`onTurnError`)
 //   so chat keeps working whatever happens to media.
 
 /** Why getUserMedia failed, in words a person understands. */
@@ -30,6 +31,27 @@ export function describeMediaError(err) {
   }
 }
 
+/** A TURN server's error answer (RTCPeerConnectionIceErrorEvent), in words a person understands:
+ * `{ title, detail }`. Codes are STUN's (RFC 8489) plus 701, which browsers use for "no answer". */
+export function describeTurnError({ code, text, url }) {
+  const server = String(url ?? '').replace(/^turns?:/i, '').replace(/\?.*$/, '') || 'the TURN server';
+  switch (code) {
+    case 401:
+      return {
+        title: 'TURN server refused the credentials (401).',
+        detail: 'Audio and video cannot go through the relay. Re-join to get fresh credentials; if that does not help, '
+          + "this server's TURN secret does not match the TURN server's.",
+      };
+    case 701:
+      return { title: 'Cannot reach the TURN server.', detail: `No answer from ${server}, so audio and video cannot go through the relay.` };
+    default:
+      return {
+        title: `TURN server refused the relay (${code}${text ? ` ${String(text).replace(/\.$/, '')}` : ''}).`,
+        detail: `${server} answered with an error, so audio and video cannot go through the relay.`,
+      };
+  }
+}
+
 function candidateJson(c) {
   return { candidate: c.candidate, sdpMid: c.sdpMid, sdpMLineIndex: c.sdpMLineIndex };
 }
@@ -43,7 +65,10 @@ export class MediaSession {
    * @param {(stream: MediaStream) => void} opts.onLocalStream  local preview changed
    * @param {(text: string) => void} opts.onError   something the user should know went wrong
    * @param {(text: string) => void} opts.onNotice  informational (e.g. joined without camera)
-   * @param {(state: string) => void} [opts.onConnectionState]
+   * @param {(role: string, state: string) => void} [opts.onConnectionState]  RTCPeerConnection
+   *   connectionState of 'publish' or 'subscribe' (the caller shows 'failed' to the user)
+   * @param {(problem: {role: string, url: string, code: number, text: string}) => void} [opts.onTurnError]
+   *   a TURN server answered a request with an error (e.g. 401: bad or expired credentials)
    */
   constructor(opts) {
     this.sig = opts.signaling;
@@ -208,7 +233,9 @@ export class MediaSession {
   // ---- peer connections ---------------------------------------------------------------------
 
   /** Opens both connections. Synchronously creates the subscribe connection so that a server offer
-   * arriving right after `joined` always finds it; then acquires devices and publishes. */
+   * arriving right after `joined` always finds it; then acquires devices and publishes.
+   * `iceServers` come from the server's `joined`; `relay` (the page's `?relay=1`) sets
+   * iceTransportPolicy 'relay', so media must go through a TURN server (how the tests prove it does). */
   async start({ iceServers = [], relay = false } = {}) {
     this.config = { iceServers, ...(relay ? { iceTransportPolicy: 'relay' } : {}) };
     this.createConnection('subscribe');
@@ -232,22 +259,21 @@ export class MediaSession {
       this.cb.onError(`Cannot start media: ${err.message}`);
       throw err;
     }
-    const entry = { pc, queue: Promise.resolve(), pending: [], remoteSet: false, failedReported: false };
+    const entry = { pc, queue: Promise.resolve(), pending: [], remoteSet: false };
     this.pcs[role] = entry;
     pc.addEventListener('icecandidate', (ev) => {
       if (!ev.candidate || !ev.candidate.candidate) return; // end-of-candidates needs no message
       this.sig.send({ type: 'candidate', pc: role, candidate: candidateJson(ev.candidate) });
     });
+    pc.addEventListener('icecandidateerror', (ev) => {
+      // Only TURN answers are worth a person's attention: an unreachable STUN server costs one
+      // candidate type, while a refused TURN allocation can leave a relay-only client with nothing.
+      if (this.closed || !/^turns?:/i.test(ev.url ?? '')) return;
+      console.warn(`yoom: ${role} ICE server error ${ev.errorCode} ${ev.errorText} from ${ev.url}`);
+      this.cb.onTurnError?.({ role, url: ev.url, code: ev.errorCode, text: ev.errorText ?? '' });
+    });
     pc.addEventListener('connectionstatechange', () => {
-      const state = pc.connectionState;
-      this.cb.onConnectionState?.(role, state);
-      if (state === 'failed' && !entry.failedReported && !this.closed) {
-        entry.failedReported = true;
-        this.cb.onError(role === 'publish'
-          ? 'Could not send your audio and video: the media connection failed.'
-          : 'Could not receive audio and video: the media connection failed.');
-      }
-      if (state === 'connected') entry.failedReported = false;
+      if (!this.closed) this.cb.onConnectionState?.(role, pc.connectionState);
     });
     if (role === 'subscribe') pc.addEventListener('track', (ev) => this.onTrack(ev));
     return entry;
