@@ -1,6 +1,7 @@
 //! Runs the Chromium tests in `tests/browser/*.test.mjs` (Node's test runner driving Debian's
-//! headless Chromium through playwright-core) against the real `yoom` binary, inside a
-//! loopback-only network namespace so that no test traffic can leave the machine.
+//! headless Chromium through playwright-core) against the real `yoom` binary (and, for the relay
+//! tests, a real coturn), inside a loopback-only network namespace so that no test traffic can
+//! leave the machine.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
