@@ -74,6 +74,10 @@ pub struct Config {
     pub turn_secret: Option<Secret>,
     /// How long TURN credentials stay valid.
     pub turn_ttl: Duration,
+    /// Bearer token of the admin API and `/admin`; `None` disables both.
+    pub admin_token: Option<Secret>,
+    /// Serve `/metrics` on this address instead of the main port.
+    pub metrics_bind: Option<std::net::SocketAddr>,
 }
 
 /// A value that must never be printed (logs, `Debug`, the admin API).
@@ -96,6 +100,10 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// webrtc-rs' ICE agent warns every check interval (50 ms) while a client has sent no
+/// candidates yet — routine, and a flood in any log. Its errors still show.
+pub const DEFAULT_LOG_FILTER: &str = "info,rtc_ice::agent=error";
+
 /// Default `rtc.udp_port` (LiveKit uses 7882 for its UDP mux too).
 pub const DEFAULT_UDP_PORT: u16 = 7882;
 
@@ -105,7 +113,7 @@ impl Default for Config {
             bind: IpAddr::from([0, 0, 0, 0]),
             port: 3000,
             web_dir: None,
-            log_filter: "info".into(),
+            log_filter: DEFAULT_LOG_FILTER.into(),
             log_format: LogFormat::Text,
             max_room_members: 100,
             ping_interval: Duration::from_secs(15),
@@ -122,6 +130,8 @@ impl Default for Config {
             turn_urls: Vec::new(),
             turn_secret: None,
             turn_ttl: Duration::from_secs(86_400),
+            admin_token: None,
+            metrics_bind: None,
         }
     }
 }
@@ -138,7 +148,7 @@ pub struct ServeArgs {
     /// Address to listen on [default: 0.0.0.0]
     #[arg(long, env = "YOOM_BIND", value_name = "IP")]
     pub bind: Option<IpAddr>,
-    /// Log filter, e.g. `info` or `yoom=debug,webrtc=warn` [default: info]
+    /// Log filter, e.g. `info` or `yoom=debug,webrtc=warn` [default: info,rtc_ice::agent=error]
     #[arg(long = "log", env = "YOOM_LOG", value_name = "FILTER")]
     pub log_filter: Option<String>,
     /// Log line format [default: text]
@@ -219,6 +229,17 @@ pub struct ServeArgs {
     /// Seconds TURN credentials stay valid [default: 86400]
     #[arg(long, env = "YOOM_TURN_TTL", value_name = "SECS")]
     pub turn_ttl: Option<u64>,
+    /// Bearer token for the admin API (/api) and page (/admin); unset = both disabled
+    #[arg(
+        long,
+        env = "YOOM_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Serve /metrics on this address (e.g. 127.0.0.1:9100) instead of the main port
+    #[arg(long, env = "YOOM_METRICS_BIND", value_name = "IP:PORT")]
+    pub metrics_bind: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -238,6 +259,22 @@ struct FileConfig {
     stun: FileStun,
     #[serde(default)]
     turn: FileTurn,
+    #[serde(default)]
+    admin: FileAdmin,
+    #[serde(default)]
+    metrics: FileMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMetrics {
+    bind: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -528,6 +565,30 @@ impl Config {
         )?
         .map_or(d.turn_ttl, |s| Duration::from_secs(s as u64));
 
+        let admin_token = args
+            .admin_token
+            .clone()
+            .or(file.admin.token)
+            .filter(|t| !t.is_empty());
+        if let Some(token) = &admin_token {
+            if token.len() < 16 {
+                return Err(ConfigError::Invalid {
+                    key: "admin.token",
+                    message: "must be at least 16 characters (e.g. `openssl rand -hex 16`)".into(),
+                });
+            }
+        }
+        let admin_token = admin_token.map(Secret::new);
+        let metrics_bind = match (&args.metrics_bind, &file.metrics.bind) {
+            (Some(addr), _) => Some(*addr),
+            (None, Some(text)) if text.is_empty() => None,
+            (None, Some(text)) => Some(text.parse().map_err(|_| ConfigError::Invalid {
+                key: "metrics.bind",
+                message: format!("`{text}` is not IP:PORT"),
+            })?),
+            (None, None) => None,
+        };
+
         Ok(Config {
             bind,
             port,
@@ -549,6 +610,8 @@ impl Config {
             turn_urls,
             turn_secret,
             turn_ttl,
+            admin_token,
+            metrics_bind,
         })
     }
 }
@@ -678,6 +741,8 @@ mod tests {
         assert_eq!(from_file.turn_urls, d.turn_urls);
         assert_eq!(from_file.turn_secret, d.turn_secret);
         assert_eq!(from_file.turn_ttl, d.turn_ttl);
+        assert_eq!(from_file.admin_token, d.admin_token);
+        assert_eq!(from_file.metrics_bind, d.metrics_bind);
     }
 
     #[test]
@@ -773,6 +838,8 @@ mod tests {
             ),
             ("[turn]\nurls = [\"turn:\"]\nsecret = \"s\"\n", "turn.urls"),
             ("[turn]\nttl = 5\n", "turn.ttl"),
+            ("[admin]\ntoken = \"short\"\n", "admin.token"),
+            ("[metrics]\nbind = \"9100\"\n", "metrics.bind"),
         ] {
             let err = Config::from_toml(toml).unwrap_err();
             assert!(err.to_string().contains(key), "{toml}: {err}");

@@ -246,3 +246,124 @@ async fn a_hundred_members_on_one_port_fare_as_well_as_on_a_port_each() {
         separate.video.delay_ms_p99
     );
 }
+
+/// A real STUN server: Debian's coturn in STUN-only mode on a free loopback port (installed by
+/// tests/support/browser-deps.sh when missing). Killed on drop.
+struct StunServer {
+    child: std::process::Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl StunServer {
+    fn start() -> StunServer {
+        let deps = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/browser-deps.sh");
+        let installed = std::process::Command::new("bash")
+            .arg(deps)
+            .status()
+            .expect("run browser-deps.sh");
+        assert!(installed.success(), "coturn could not be installed");
+        let port = free_port_range(1).into_inner().0;
+        let dir = std::env::temp_dir().join(format!("yoom-stun-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("turnserver.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listening-ip=127.0.0.1\nlistening-port={port}\nstun-only\nno-tls\nno-dtls\n\
+                 no-cli\npidfile={}\nuserdb={}\nlog-file=stdout\n",
+                dir.join("turnserver.pid").display(),
+                dir.join("turndb.sqlite").display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("turnserver")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start turnserver");
+        // Ready once it answers a Binding Request.
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let request = yoom::sfu::transport::stun::binding_request([7; 12]);
+        let mut buf = [0u8; 512];
+        let deadline = std::time::Instant::now() + STEP;
+        loop {
+            probe.send_to(&request, ("127.0.0.1", port)).unwrap();
+            if let Ok(n) = probe.recv(&mut buf) {
+                if yoom::sfu::transport::stun::binding_response_address(&buf[..n], &[7; 12])
+                    .is_some()
+                {
+                    break;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "coturn does not answer STUN"
+            );
+        }
+        StunServer {
+            child,
+            port,
+            _dir: TempDir(dir),
+        }
+    }
+}
+
+impl Drop for StunServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_public_address_is_discovered_from_a_real_stun_server_or_start_up_fails() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let stun = StunServer::start();
+    let url = format!("stun:127.0.0.1:{}", stun.port);
+    let (mut child, addr, log) = common::spawn_server_with_log(
+        yoom_command()
+            .args(["serve", "--bind", "127.0.0.1", "--port", "0"])
+            .args(["--stun-urls", &url, "--discover-public-ip", "true"]),
+    );
+    let discovered = log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("public address discovered") && l.contains("127.0.0.1"));
+    assert!(discovered, "{:#?}", log.lock().unwrap());
+    let mut peer = MediaPeer::join(&format!("ws://{addr}/ws"), "r", "p").await;
+    peer.publish(10).await;
+    assert!(announced(&peer)
+        .iter()
+        .all(|a| a.ip() == IpAddr::from([127, 0, 0, 1])));
+    peer.leave().await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Nobody answers on a port nothing listens on: start-up fails, naming the setting.
+    let silent = format!("stun:127.0.0.1:{}", free_port_range(1).into_inner().0);
+    let started = std::time::Instant::now();
+    let out = yoom_command()
+        .args(["serve", "--bind", "127.0.0.1", "--port", "0"])
+        .args(["--stun-urls", &silent, "--discover-public-ip", "true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("rtc.discover_public_ip"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

@@ -127,14 +127,29 @@ pub fn yoom_command() -> std::process::Command {
 
 /// Starts `yoom serve` and returns it with the address from its "listening on" log line.
 pub fn spawn_server(cmd: &mut std::process::Command) -> (std::process::Child, SocketAddr) {
+    let (child, addr, _) = spawn_server_with_log(cmd);
+    (child, addr)
+}
+
+/// Like [`spawn_server`], also collecting every line the server writes to stderr.
+pub fn spawn_server_with_log(
+    cmd: &mut std::process::Command,
+) -> (
+    std::process::Child,
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
     use std::io::{BufRead, BufReader};
     let mut child = cmd
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
+        .env("NO_COLOR", "1")
         .spawn()
         .expect("spawn yoom");
     let stderr = child.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let (tx, rx) = std::sync::mpsc::channel();
+    let lines = log.clone();
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -144,14 +159,17 @@ pub fn spawn_server(cmd: &mut std::process::Command) -> (std::process::Child, So
                     sent = true;
                 }
             }
+            lines.lock().unwrap().push(line);
         }
     });
-    let addr = rx
-        .recv_timeout(STEP)
-        .expect("server logs its address")
-        .parse()
-        .unwrap();
-    (child, addr)
+    let addr = match rx.recv_timeout(STEP) {
+        Ok(url) => url.parse().unwrap(),
+        Err(_) => panic!(
+            "server logs its address; it wrote: {:#?}",
+            log.lock().unwrap()
+        ),
+    };
+    (child, addr, log)
 }
 
 pub fn test_config() -> Config {
