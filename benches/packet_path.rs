@@ -2,7 +2,6 @@
 //! 100 subscriber queues, and the metrics counters it touches. Reports ns per operation.
 //! Run: `cargo bench --bench packet_path`.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -14,7 +13,7 @@ use yoom::ids::MemberId;
 use yoom::metrics::Metrics;
 use yoom::sfu::codecs::supported_codecs;
 use yoom::sfu::forwarder::RtpMunger;
-use yoom::sfu::track::{PublishedTrack, SharedPacket, SUBSCRIBER_QUEUE_LEN};
+use yoom::sfu::track::{IngressPacket, PublishedTrack, SharedPacket, SUBSCRIBER_QUEUE_LEN};
 
 fn video_packet(seq: u16) -> rtp::Packet {
     rtp::Packet {
@@ -61,7 +60,7 @@ fn fan_out(c: &mut Criterion) {
     g.throughput(Throughput::Elements(100));
     g.bench_function("one packet to 100 subscriber queues (then drained)", |b| {
         b.iter_batched(
-            || Arc::new(video_packet(7)),
+            || IngressPacket::shared(video_packet(7)),
             |packet| {
                 track.fan_out(&packet, &metrics);
                 for rx in receivers.iter_mut() {

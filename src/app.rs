@@ -29,6 +29,11 @@ pub enum StartError {
         server: String,
         source: std::io::Error,
     },
+    #[error("metrics.bind: cannot listen on {addr}: {source}")]
+    MetricsBind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Clone)]
@@ -93,7 +98,7 @@ impl App {
                 // The server's own connections never use TURN or STUN: they would all share
                 // one relayed 5-tuple, and the shared socket only accepts clients' checks.
                 ice_servers: Vec::new(),
-                direction: Default::default(),
+                ..PeerOptions::default()
             },
             transport,
             metrics: metrics.clone(),

@@ -1,4 +1,5 @@
-//! The HTTP surface: web client, `/ws` signaling, `/healthz`, `/metrics`.
+//! The HTTP surface: web client, `/ws` signaling, `/healthz`, `/metrics` (here or on its own
+//! listener), the admin API and page.
 
 use std::net::SocketAddr;
 
@@ -11,6 +12,7 @@ use axum::Router;
 use rust_embed::RustEmbed;
 use tower_http::services::ServeDir;
 
+use crate::admin;
 use crate::app::App;
 use crate::signal::session;
 
@@ -25,15 +27,42 @@ const WS_READ_LIMIT_BYTES: usize = 1024 * 1024;
 struct WebAssets;
 
 pub fn router(app: App) -> Router {
-    let api = Router::new()
+    let mut api = Router::new()
         .route("/ws", get(ws_upgrade))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics));
+        .route("/admin", get(admin_page))
+        .merge(admin::api_routes(&app));
+    if app.config.metrics_bind.is_none() {
+        api = api.route("/metrics", get(metrics));
+    }
     let router = match &app.config.web_dir {
         Some(dir) => api.fallback_service(ServeDir::new(dir)),
         None => api.fallback(embedded_asset),
     };
     router.with_state(app)
+}
+
+/// `/metrics` alone, for `metrics.bind`.
+pub fn metrics_router(app: App) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(app)
+}
+
+/// The admin page exists only when the admin API is on.
+async fn admin_page(State(app): State<App>, headers: HeaderMap) -> Response {
+    if app.config.admin_token.is_none() {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    }
+    match &app.config.web_dir {
+        Some(dir) => match tokio::fs::read(dir.join("admin.html")).await {
+            Ok(html) => {
+                ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+            }
+            Err(_) => (StatusCode::NOT_FOUND, "not found").into_response(),
+        },
+        None => serve_embedded("admin.html", &headers),
+    }
 }
 
 async fn ws_upgrade(
@@ -63,6 +92,10 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
 async fn embedded_asset(uri: Uri, headers: HeaderMap) -> Response {
     let path = uri.path().trim_start_matches('/');
     let path = if path.is_empty() { "index.html" } else { path };
+    serve_embedded(path, &headers)
+}
+
+fn serve_embedded(path: &str, headers: &HeaderMap) -> Response {
     let Some(file) = WebAssets::get(path) else {
         return (StatusCode::NOT_FOUND, "not found").into_response();
     };

@@ -15,6 +15,7 @@
 //!
 //! [`run`] serves until its shutdown future resolves; `main.rs` only parses the command line.
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod healthcheck;
@@ -60,8 +61,31 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let app = App::start(config).await?;
     let addr = listener.local_addr()?;
+    let metrics_listener = match app.config.metrics_bind {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::MetricsBind { addr, source })?,
+        ),
+        None => None,
+    };
     let lobby = tokio::spawn(app.registry.clone().run_lobby_broadcaster());
     let router = http::router(app.clone());
+    let metrics_server = metrics_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            info!("metrics on http://{addr}/metrics");
+        }
+        let stop = app.shutdown.clone();
+        let router = http::metrics_router(app.clone());
+        tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                warn!(error = %e, "metrics listener failed");
+            }
+        })
+    });
 
     info!("listening on http://{addr}");
     let stop = app.shutdown.clone();
@@ -89,5 +113,8 @@ pub async fn run(
         );
     }
     lobby.abort();
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
     Ok(served?)
 }

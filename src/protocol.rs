@@ -34,6 +34,8 @@ pub enum ErrorCode {
     Unavailable,
     /// The server is out of a resource this needs (e.g. every media port is in use).
     NoCapacity,
+    /// An administrator removed the member; the connection closes.
+    Kicked,
 }
 
 impl ErrorCode {
@@ -48,6 +50,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::NoCapacity => "no_capacity",
+            ErrorCode::Kicked => "kicked",
         }
     }
 }

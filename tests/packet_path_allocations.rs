@@ -3,7 +3,6 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -14,7 +13,7 @@ use yoom::ids::MemberId;
 use yoom::metrics::Metrics;
 use yoom::sfu::codecs::supported_codecs;
 use yoom::sfu::forwarder::RtpMunger;
-use yoom::sfu::track::{PublishedTrack, SharedPacket, SUBSCRIBER_QUEUE_LEN};
+use yoom::sfu::track::{IngressPacket, PublishedTrack, SharedPacket, SUBSCRIBER_QUEUE_LEN};
 
 struct Counting;
 
@@ -86,7 +85,9 @@ fn no_allocation_per_packet_per_subscriber() {
         track.add_subscriber(&MemberId::next(), tx);
         receivers.push(rx);
     }
-    let packets: Vec<SharedPacket> = (0..PACKETS).map(|i| Arc::new(packet(i))).collect();
+    let packets: Vec<SharedPacket> = (0..PACKETS)
+        .map(|i| IngressPacket::shared(packet(i)))
+        .collect();
     // Warm up the queues' internal blocks.
     for p in packets.iter().take(500) {
         track.fan_out(p, &metrics);

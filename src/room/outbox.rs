@@ -31,6 +31,8 @@ pub enum CloseReason {
     SlowConsumer,
     RateLimited,
     IdleTimeout,
+    /// An administrator removed the member.
+    Kicked,
 }
 
 impl CloseReason {
@@ -41,6 +43,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::RateLimited => "rate_limited",
             CloseReason::IdleTimeout => "idle",
+            CloseReason::Kicked => "kicked",
         }
     }
 
@@ -50,6 +53,8 @@ impl CloseReason {
             CloseReason::Normal => 1000,
             CloseReason::Shutdown => 1001,
             CloseReason::SlowConsumer | CloseReason::RateLimited | CloseReason::IdleTimeout => 1008,
+            // Application range (4000–4999): "removed by an administrator".
+            CloseReason::Kicked => 4001,
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::protocol::{
     ChatSender, ErrorCode, IceServer, MediaKind, MemberInfo, ProtocolError, Ref, RoomCount,
     ServerMessage,
 };
-use crate::room::outbox::{Frame, Outbox, Sent};
+use crate::room::outbox::{CloseReason, Frame, Outbox, Sent};
 use crate::sfu::room::SfuRoom;
 
 /// How long lobby updates are held back so that a burst of joins yields one `rooms` message.
@@ -351,6 +351,113 @@ impl Registry {
 
     pub fn connection_count(&self) -> usize {
         self.state().connections.len()
+    }
+
+    /// Every room with its member count and its media, for the admin API.
+    pub fn admin_rooms(&self) -> Vec<(RoomId, usize, Arc<SfuRoom>)> {
+        let st = self.state();
+        st.rooms
+            .iter()
+            .map(|(id, room)| (id.clone(), room.members.len(), room.media.clone()))
+            .collect()
+    }
+
+    /// One room's members (in join order) and its media, for the admin API.
+    pub fn admin_room(&self, room: &str) -> Option<(Vec<MemberInfo>, Arc<SfuRoom>)> {
+        let st = self.state();
+        let r = st.rooms.iter().find(|(id, _)| id.as_str() == room)?.1;
+        let members = r
+            .members
+            .iter()
+            .filter_map(|m| st.connections.get(m).map(|c| c.info(m)))
+            .collect();
+        Some((members, r.media.clone()))
+    }
+
+    /// The id of `member` if it is in `room`.
+    fn member_in(st: &State, room: &str, member: &str) -> Option<(RoomId, MemberId)> {
+        let (room_id, r) = st.rooms.iter().find(|(id, _)| id.as_str() == room)?;
+        let id = r.members.iter().find(|m| m.as_str() == member)?;
+        Some((room_id.clone(), id.clone()))
+    }
+
+    /// Removes a member on an administrator's request: it gets an `error` (`kicked`) and its
+    /// connection closes; the others get `member_left` at once. False if it is not in `room`.
+    pub fn kick(&self, room: &str, member: &str) -> bool {
+        let mut st = self.state();
+        let Some((room_id, id)) = Self::member_in(&st, room, member) else {
+            return false;
+        };
+        let media = st.rooms.get(&room_id).map(|r| r.media.clone());
+        self.leave_room(&mut st, &id);
+        if let Some(conn) = st.connections.get(&id) {
+            let error = ServerMessage::error(ErrorCode::Kicked, "removed by an administrator");
+            self.deliver(&conn.outbox, error.to_json(None).into());
+            conn.outbox.close(CloseReason::Kicked);
+        }
+        drop(st);
+        if let Some(media) = media {
+            media.remove_member(&id);
+        }
+        info!(room, member = %id, "member kicked");
+        true
+    }
+
+    /// Closes a room on an administrator's request: every member is taken out (`left`,
+    /// reason `room_closed`) and stays connected in the lobby. False if there is no such room.
+    pub fn close_room(&self, room: &str) -> bool {
+        let mut st = self.state();
+        let Some((room_id, members, media)) = st
+            .rooms
+            .iter()
+            .find(|(id, _)| id.as_str() == room)
+            .map(|(id, r)| (id.clone(), r.members.clone(), r.media.clone()))
+        else {
+            return false;
+        };
+        for id in &members {
+            self.leave_room(&mut st, id);
+            if let Some(conn) = st.connections.get(id) {
+                let left = ServerMessage::Left {
+                    room: room_id.clone(),
+                    reason: "room_closed",
+                };
+                self.deliver(&conn.outbox, left.to_json(None).into());
+            }
+        }
+        drop(st);
+        for id in &members {
+            media.remove_member(id);
+        }
+        info!(room, members = members.len(), "room closed");
+        true
+    }
+
+    /// Server-side mute: the member's tracks of `kind` stop being forwarded and the room sees
+    /// the mute flag. False if the member is not in `room`.
+    pub fn server_mute(&self, room: &str, member: &str, kind: MediaKind, muted: bool) -> bool {
+        let mut st = self.state();
+        let Some((room_id, id)) = Self::member_in(&st, room, member) else {
+            return false;
+        };
+        if let Some(conn) = st.connections.get_mut(&id) {
+            match kind {
+                MediaKind::Audio => conn.audio_muted = muted,
+                MediaKind::Video => conn.video_muted = muted,
+            }
+        }
+        self.broadcast_member_updated(&st, &room_id, &id);
+        let media = st.rooms.get(&room_id).map(|r| r.media.clone());
+        drop(st);
+        if let Some(media) = media {
+            let kind = match kind {
+                MediaKind::Audio => rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Audio,
+                MediaKind::Video => rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Video,
+            };
+            media.server_mute(&id, kind, muted);
+        }
+        info!(room, member = %id, ?kind, muted, "server mute");
+        true
     }
 
     fn leave_room(&self, st: &mut State, id: &MemberId) {

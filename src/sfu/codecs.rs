@@ -25,6 +25,8 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::sansio::Protocol;
 use webrtc::peer_connection::{register_default_interceptors, MediaEngine, Registry};
 
+use crate::sfu::wire_stats::WireStats;
+
 fn video_feedback() -> Vec<RTCPFeedback> {
     // register_default_interceptors adds nack, nack pli and transport-cc; FIR is ours to add.
     vec![RTCPFeedback {
@@ -119,8 +121,13 @@ pub enum MediaDirection {
     SendOnly,
 }
 
+/// Slot of [`crate::sfu::wire_stats::WireStats`]: below every default interceptor (the lowest
+/// is congestion control at 1,000), so it sees exactly what crosses the wire.
+const WIRE_STATS_SLOT: usize = 100;
+
 pub fn media_engine_and_interceptors(
     direction: MediaDirection,
+    wire_stats: Option<WireStats>,
 ) -> webrtc::error::Result<(MediaEngine, Registry)> {
     let mut engine = MediaEngine::default();
     for (params, kind) in supported_codecs() {
@@ -148,6 +155,10 @@ pub fn media_engine_and_interceptors(
         MediaDirection::ReceiveOnly => registry,
         // The application-most slot (the default chain ends at 11_000).
         _ => registry.with(Slot::from(14_000), KeyframeRequestForwarder::default()),
+    };
+    let registry = match wire_stats {
+        Some(stats) => registry.with(Slot::from(WIRE_STATS_SLOT), stats),
+        None => registry,
     };
     Ok((engine, registry))
 }
@@ -287,6 +298,6 @@ mod tests {
 
     #[test]
     fn engine_builds() {
-        media_engine_and_interceptors(MediaDirection::Both).expect("codecs register");
+        media_engine_and_interceptors(MediaDirection::Both, None).expect("codecs register");
     }
 }

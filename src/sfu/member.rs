@@ -29,12 +29,13 @@ use crate::ids::{MemberId, RoomId};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::sfu::codecs::same_codec;
 use crate::sfu::codecs::MediaDirection;
-use crate::sfu::egress::Egress;
+use crate::sfu::egress::{Egress, FirstVideo};
 use crate::sfu::forwarder::RtpMunger;
 use crate::sfu::peer::{build_peer_connection, EventForwarder, PeerEvent, PeerOptions};
 use crate::sfu::room::SfuRoom;
 use crate::sfu::track::{KeyframeReason, PublishedTrack, TrackId, SUBSCRIBER_QUEUE_LEN};
 use crate::sfu::transport::{ConnectionTransport, MediaTransport};
+use crate::sfu::wire_stats::{ConnectionStats, Side, WireStatsConfig};
 
 /// If the client has not answered a subscribe offer by then, the offer is sent again.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -172,7 +173,8 @@ pub fn spawn_member_media(
     signals: mpsc::UnboundedSender<MediaSignal>,
 ) -> MediaHandle {
     let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-    room.join(&member, commands_tx.clone());
+    let subscribe_stats = Arc::new(ConnectionStats::default());
+    room.join(&member, commands_tx.clone(), subscribe_stats.clone());
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (ended_tx, ended_rx) = mpsc::unbounded_channel();
     let span = info_span!("media", room = %room_id, member = %member);
@@ -194,6 +196,8 @@ pub fn spawn_member_media(
         negotiate_at: None,
         subscriber_connected: Arc::new(AtomicBool::new(false)),
         subscribe_refused: false,
+        subscribe_stats,
+        first_video: FirstVideo::new(Instant::now()),
     };
     let done = tokio::spawn(actor.run(commands_rx, events_rx, ended_rx).instrument(span));
     MediaHandle {
@@ -247,6 +251,9 @@ struct MemberMedia {
     subscriber_connected: Arc<AtomicBool>,
     /// The subscribe connection could not be created and the client was told so.
     subscribe_refused: bool,
+    /// Measured on the subscribe connection (RTT), read by the admin API through the room.
+    subscribe_stats: Arc<ConnectionStats>,
+    first_video: Arc<FirstVideo>,
     task: GaugeGuard,
 }
 
@@ -397,11 +404,25 @@ impl MemberMedia {
                 )
             })?;
             let handler = EventForwarder::new(role, self.events_tx.clone());
+            let (direction, side, shared) = match role {
+                Role::Publish => (
+                    MediaDirection::ReceiveOnly,
+                    Side::Publish,
+                    Arc::new(ConnectionStats::default()),
+                ),
+                Role::Subscribe => (
+                    MediaDirection::SendOnly,
+                    Side::Subscribe,
+                    self.subscribe_stats.clone(),
+                ),
+            };
             let options = PeerOptions {
-                direction: match role {
-                    Role::Publish => MediaDirection::ReceiveOnly,
-                    Role::Subscribe => MediaDirection::SendOnly,
-                },
+                direction,
+                wire_stats: Some(WireStatsConfig {
+                    side,
+                    metrics: self.ctx.metrics.clone(),
+                    shared,
+                }),
                 ..self.ctx.peer_options.clone()
             };
             let pc = build_peer_connection(&options, handler, Some(&transport))
@@ -413,6 +434,11 @@ impl MemberMedia {
                         "media is unavailable right now".to_string(),
                     )
                 })?;
+            self.ctx
+                .metrics
+                .connection_total
+                .with_label_values(&[role.as_str()])
+                .inc();
             let conn = Connection {
                 pc,
                 transport,
@@ -433,6 +459,7 @@ impl MemberMedia {
     }
 
     async fn on_publish_offer(&mut self, sdp: String, tag: ReplyTag) {
+        let started = Instant::now();
         let offer = match RTCSessionDescription::offer(sdp) {
             Ok(o) => o,
             Err(e) => return self.reply_error(tag, format!("`sdp`: not a valid offer: {e}")),
@@ -457,11 +484,18 @@ impl MemberMedia {
         }
         let transport = conn.transport.clone();
         match pc.local_description().await {
-            Some(local) => self.signal(MediaSignal::Answer {
-                role: Role::Publish,
-                sdp: transport.announce_sdp(&local.sdp),
-                tag,
-            }),
+            Some(local) => {
+                self.ctx
+                    .metrics
+                    .negotiation_seconds
+                    .with_label_values(&["publish"])
+                    .observe(started.elapsed().as_secs_f64());
+                self.signal(MediaSignal::Answer {
+                    role: Role::Publish,
+                    sdp: transport.announce_sdp(&local.sdp),
+                    tag,
+                })
+            }
             None => self.reply_error(tag, "no local description after answering".into()),
         }
     }
@@ -642,7 +676,13 @@ impl MemberMedia {
             return self.reply_error(tag, format!("`sdp`: answer refused: {e}"));
         }
         flush_candidates(conn).await;
-        self.offer_sent_at = None;
+        if let Some(sent) = self.offer_sent_at.take() {
+            self.ctx
+                .metrics
+                .negotiation_seconds
+                .with_label_values(&["subscribe"])
+                .observe(sent.elapsed().as_secs_f64());
+        }
         self.ack(tag);
         self.start_new_egresses().await;
         if self.renegotiate {
@@ -687,6 +727,7 @@ impl MemberMedia {
                 source: Arc::downgrade(&down.source),
                 metrics: self.ctx.metrics.clone(),
                 connected: self.subscriber_connected.clone(),
+                first_video: down.source.is_video().then(|| self.first_video.clone()),
             };
             tokio::spawn(egress.run().in_current_span());
             down.source.add_subscriber(&self.member, queue_tx);

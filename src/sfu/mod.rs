@@ -17,4 +17,6 @@ pub mod member;
 pub mod peer;
 pub mod room;
 pub mod track;
+pub mod track_stats;
 pub mod transport;
+pub mod wire_stats;

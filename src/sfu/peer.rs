@@ -20,6 +20,7 @@ use webrtc::peer_connection::{
 
 use crate::sfu::codecs::{media_engine_and_interceptors, MediaDirection};
 use crate::sfu::transport::ConnectionTransport;
+use crate::sfu::wire_stats::WireStatsConfig;
 
 /// ICE consent: a connection without traffic is Disconnected after this long...
 const ICE_DISCONNECTED_TIMEOUT: Duration = Duration::from_secs(5);
@@ -86,6 +87,8 @@ pub struct PeerOptions {
     pub ice_servers: Vec<RTCIceServer>,
     /// Which interceptors the connection gets.
     pub direction: MediaDirection,
+    /// Count what crosses the wire into the server's metrics (server connections only).
+    pub wire_stats: Option<WireStatsConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +110,8 @@ pub async fn build_peer_connection(
     if options.udp_ips.is_empty() {
         return Err(PeerError::NoAddress);
     }
-    let (engine, registry) = media_engine_and_interceptors(options.direction)?;
+    let wire_stats = options.wire_stats.as_ref().map(WireStatsConfig::build);
+    let (engine, registry) = media_engine_and_interceptors(options.direction, wire_stats)?;
     let mut settings = SettingEngineBuilder::new();
     if let Some(transport) = transport {
         // Pinned so the shared socket can route a client's first check to this connection.

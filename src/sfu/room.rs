@@ -4,12 +4,16 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use tokio::sync::mpsc;
 
 use crate::ids::MemberId;
 use crate::sfu::member::MediaCommand;
-use crate::sfu::track::{PublishedTrack, TrackId};
+use crate::sfu::track::{KeyframeReason, PublishedTrack, TrackId};
+use crate::sfu::track_stats::TrackStatsSnapshot;
+use crate::sfu::wire_stats::ConnectionStats;
 
 #[derive(Default)]
 pub struct SfuRoom {
@@ -18,8 +22,42 @@ pub struct SfuRoom {
 
 #[derive(Default)]
 struct State {
-    members: HashMap<MemberId, mpsc::UnboundedSender<MediaCommand>>,
+    members: HashMap<MemberId, Member>,
     tracks: Vec<Arc<PublishedTrack>>,
+}
+
+struct Member {
+    commands: mpsc::UnboundedSender<MediaCommand>,
+    stats: Arc<ConnectionStats>,
+    /// Kinds an administrator muted: not forwarded, whatever the member publishes.
+    muted_audio: bool,
+    muted_video: bool,
+}
+
+impl Member {
+    fn muted(&self, kind: RtpCodecKind) -> bool {
+        match kind {
+            RtpCodecKind::Audio => self.muted_audio,
+            _ => self.muted_video,
+        }
+    }
+}
+
+/// One member's media as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct MemberMediaInfo {
+    pub rtt: Option<Duration>,
+    pub tracks: Vec<TrackInfo>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrackInfo {
+    pub id: TrackId,
+    pub kind: RtpCodecKind,
+    pub codec: String,
+    pub stats: TrackStatsSnapshot,
+    pub server_muted: bool,
+    pub subscribers: usize,
 }
 
 impl SfuRoom {
@@ -34,12 +72,25 @@ impl SfuRoom {
     }
 
     /// Adds a member; it is then told about every track published by the others.
-    pub fn join(&self, id: &MemberId, commands: mpsc::UnboundedSender<MediaCommand>) {
+    pub fn join(
+        &self,
+        id: &MemberId,
+        commands: mpsc::UnboundedSender<MediaCommand>,
+        stats: Arc<ConnectionStats>,
+    ) {
         let mut st = self.state();
         for track in st.tracks.iter().filter(|t| &t.publisher != id) {
             let _ = commands.send(MediaCommand::TrackAdded(track.clone()));
         }
-        st.members.insert(id.clone(), commands);
+        st.members.insert(
+            id.clone(),
+            Member {
+                commands,
+                stats,
+                muted_audio: false,
+                muted_video: false,
+            },
+        );
     }
 
     /// Removes a member and unpublishes its tracks from everyone else.
@@ -55,17 +106,84 @@ impl SfuRoom {
         }
     }
 
+    /// Removes a member on the server's initiative (kick, room closed): like `leave`, and its
+    /// media actor is told to close its connections.
+    pub fn remove_member(&self, id: &MemberId) {
+        let commands = self.state().members.get(id).map(|m| m.commands.clone());
+        self.leave(id);
+        if let Some(commands) = commands {
+            let _ = commands.send(MediaCommand::Close);
+        }
+    }
+
     pub fn publish(&self, track: Arc<PublishedTrack>) {
         let mut st = self.state();
-        if !st.members.contains_key(&track.publisher) {
+        let Some(publisher) = st.members.get(&track.publisher) else {
             return; // the publisher left while its track was starting
-        }
-        for (member, commands) in &st.members {
+        };
+        track.set_server_muted(publisher.muted(track.kind));
+        for (member, entry) in &st.members {
             if member != &track.publisher {
-                let _ = commands.send(MediaCommand::TrackAdded(track.clone()));
+                let _ = entry.commands.send(MediaCommand::TrackAdded(track.clone()));
             }
         }
         st.tracks.push(track);
+    }
+
+    /// Stops (or resumes) forwarding `member`'s tracks of `kind`, now and for tracks it
+    /// publishes later. False if the member has no media in this room.
+    pub fn server_mute(&self, member: &MemberId, kind: RtpCodecKind, muted: bool) -> bool {
+        let mut st = self.state();
+        let Some(entry) = st.members.get_mut(member) else {
+            return false;
+        };
+        match kind {
+            RtpCodecKind::Audio => entry.muted_audio = muted,
+            _ => entry.muted_video = muted,
+        }
+        for track in st
+            .tracks
+            .iter()
+            .filter(|t| &t.publisher == member && t.kind == kind)
+        {
+            track.set_server_muted(muted);
+            if !muted {
+                // Subscribers dropped everything while muted: resume on a keyframe.
+                track.request_keyframe(KeyframeReason::NewSubscriber);
+            }
+        }
+        true
+    }
+
+    /// Media details of every member, for the admin API.
+    pub fn member_media(&self) -> HashMap<MemberId, MemberMediaInfo> {
+        let st = self.state();
+        let now = Instant::now();
+        st.members
+            .iter()
+            .map(|(id, entry)| {
+                let tracks = st
+                    .tracks
+                    .iter()
+                    .filter(|t| &t.publisher == id)
+                    .map(|t| TrackInfo {
+                        id: t.id,
+                        kind: t.kind,
+                        codec: t.codec.mime_type.clone(),
+                        stats: t.stats.snapshot(now),
+                        server_muted: t.is_server_muted(),
+                        subscribers: t.subscriber_count(),
+                    })
+                    .collect();
+                (
+                    id.clone(),
+                    MemberMediaInfo {
+                        rtt: entry.stats.rtt(),
+                        tracks,
+                    },
+                )
+            })
+            .collect()
     }
 
     pub fn unpublish(&self, id: TrackId) {
@@ -82,9 +200,9 @@ impl SfuRoom {
 }
 
 fn notify_removed(st: &State, track: &PublishedTrack) {
-    for (member, commands) in &st.members {
+    for (member, entry) in &st.members {
         if member != &track.publisher {
-            let _ = commands.send(MediaCommand::TrackRemoved(track.id));
+            let _ = entry.commands.send(MediaCommand::TrackRemoved(track.id));
         }
     }
 }

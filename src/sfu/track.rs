@@ -5,7 +5,7 @@
 //! `Arc` into a `try_send`: no lock (the subscriber list is an `ArcSwap` snapshot), no
 //! allocation per subscriber, and a full queue only costs that subscriber a dropped packet.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,8 @@ use tracing::{debug, warn};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 use crate::ids::MemberId;
-use crate::metrics::Metrics;
+use crate::metrics::{GaugeGuard, Metrics};
+use crate::sfu::track_stats::{TrackStats, TrackStatsRecorder};
 
 /// At most one keyframe request per track per this interval reaches the publisher on behalf of
 /// subscribers' PLI/FIR; requests in between are merged into the next one, so a PLI storm from
@@ -51,7 +52,24 @@ impl std::fmt::Display for TrackId {
     }
 }
 
-pub type SharedPacket = Arc<rtp::Packet>;
+/// A publisher's packet as it travels to every subscriber: shared, never copied.
+#[derive(Debug)]
+pub struct IngressPacket {
+    pub rtp: rtp::Packet,
+    /// When the ingress got it (for `forward_latency_us`).
+    pub received_at: Instant,
+}
+
+impl IngressPacket {
+    pub fn shared(rtp: rtp::Packet) -> SharedPacket {
+        Arc::new(IngressPacket {
+            rtp,
+            received_at: Instant::now(),
+        })
+    }
+}
+
+pub type SharedPacket = Arc<IngressPacket>;
 
 /// One subscriber's queue for this track.
 #[derive(Clone)]
@@ -67,6 +85,10 @@ pub struct PublishedTrack {
     pub codec: RTCRtpCodec,
     downstreams: ArcSwap<Vec<Downstream>>,
     keyframe_requests: Arc<KeyframeRequests>,
+    /// Packets, bytes, bitrate, loss — for the admin API.
+    pub stats: TrackStats,
+    /// Muted by an administrator: nothing is forwarded.
+    server_muted: AtomicBool,
 }
 
 /// Why a keyframe is wanted; decides how long the request may be held back.
@@ -148,13 +170,27 @@ impl PublishedTrack {
         self.downstreams.load().len()
     }
 
+    pub fn set_server_muted(&self, muted: bool) {
+        self.server_muted.store(muted, Ordering::Relaxed);
+    }
+
+    pub fn is_server_muted(&self) -> bool {
+        self.server_muted.load(Ordering::Relaxed)
+    }
+
     /// Hands one packet to every subscriber's queue: no lock, no allocation per subscriber.
     /// Returns how many subscribers' queues were full (the packet is dropped for them).
     pub fn fan_out(&self, packet: &SharedPacket, metrics: &Metrics) -> usize {
+        if self.server_muted.load(Ordering::Relaxed) {
+            metrics
+                .drops_server_muted
+                .inc_by(self.downstreams.load().len() as u64);
+            return 0;
+        }
         let mut full = 0;
         for d in self.downstreams.load().iter() {
             if d.queue_tx.try_send(packet.clone()).is_err() {
-                metrics.drops_queue_full_total.inc();
+                metrics.drops_queue_full.inc();
                 full += 1;
             }
         }
@@ -180,6 +216,8 @@ impl PublishedTrack {
             codec,
             downstreams: ArcSwap::from_pointee(Vec::new()),
             keyframe_requests: keyframe_requests.clone(),
+            stats: TrackStats::default(),
+            server_muted: AtomicBool::new(false),
         };
         (track, keyframe_requests)
     }
@@ -217,8 +255,11 @@ impl PublishedTrack {
             last_keyframe_request: None,
             keyframe_pending: None,
             media_ssrc: 0,
+            recorder: TrackStatsRecorder::default(),
         };
+        let live = GaugeGuard::new(ingress.metrics.published_tracks.clone());
         tokio::spawn(async move {
+            let _live = live;
             let id = ingress.id;
             ingress.run().await;
             let _ = ended_tx.send(id);
@@ -238,6 +279,7 @@ struct Ingress {
     /// The most urgent reason among the requests not sent yet.
     keyframe_pending: Option<KeyframeReason>,
     media_ssrc: u32,
+    recorder: TrackStatsRecorder,
 }
 
 impl Ingress {
@@ -257,7 +299,13 @@ impl Ingress {
                         self.media_ssrc = packet.header.ssrc;
                         self.metrics.packets_in_total.inc();
                         self.metrics.bytes_in_total.inc_by(packet.payload.len() as u64);
-                        let packet = Arc::new(packet);
+                        self.recorder.record(
+                            &track.stats,
+                            packet.header.sequence_number,
+                            packet.payload.len(),
+                            Instant::now(),
+                        );
+                        let packet = IngressPacket::shared(packet);
                         let full = track.fan_out(&packet, &self.metrics);
                         if full > 0 {
                             // The subscribers that missed a packet need a fresh keyframe.

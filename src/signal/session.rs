@@ -87,7 +87,8 @@ async fn serve(socket: WebSocket, app: App, id: MemberId) {
             Some(signal) = signals_rx.recv() => session.on_media_signal(signal).await,
             frame = stream.next() => {
                 let Some(Ok(frame)) = frame else {
-                    break CloseReason::Normal;
+                    // After a close the server queued (kick, shutdown), that is the reason.
+                    break outbox.close_reason().unwrap_or(CloseReason::Normal);
                 };
                 idle.as_mut().reset(tokio::time::Instant::now() + app.config.idle_timeout);
                 let text = match frame {
@@ -102,7 +103,8 @@ async fn serve(socket: WebSocket, app: App, id: MemberId) {
                         ));
                         continue;
                     }
-                    Message::Close(_) => break CloseReason::Normal,
+                    // The client's close, or its answer to one the server queued.
+                    Message::Close(_) => break outbox.close_reason().unwrap_or(CloseReason::Normal),
                     // Pongs (and pings, answered by the library) only prove liveness.
                     Message::Ping(_) | Message::Pong(_) => continue,
                 };
@@ -129,7 +131,7 @@ async fn serve(socket: WebSocket, app: App, id: MemberId) {
             .with_label_values(&[reason.label()])
             .inc();
     }
-    if reason == CloseReason::Shutdown && !outbox.is_killed() {
+    if reason == CloseReason::Shutdown && outbox.close_reason().is_none() {
         // Registry::close_all has usually queued bye + close already; this covers a session
         // that saw the token first.
         outbox.send(
