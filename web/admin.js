@@ -150,6 +150,7 @@ async function refresh() {
     })));
     if (generation !== state.generation) return;
     render(rooms, details);
+    $('rooms').classList.remove('stale');
     dropNotice('poll');
     setStatus('ok', `Live · updated ${clock(new Date())}`);
   } catch (err) {
@@ -158,6 +159,7 @@ async function refresh() {
       ? 'The admin API is not enabled on this server (404).'
       : `Could not load rooms: ${err.message}. Retrying every ${REFRESH_MS / 1000} s.`;
     showNotice(what, { key: 'poll' });
+    $('rooms').classList.add('stale'); // what is shown may be out of date
     setStatus('error', 'Not updating');
   } finally {
     if (generation === state.generation) {
@@ -312,12 +314,12 @@ class MemberView {
         el('thead', {}, el('tr', {},
           el('th', { scope: 'col' }, 'Track'),
           el('th', { scope: 'col' }, 'Codec'),
-          el('th', { scope: 'col', class: 'num' }, 'Bitrate'),
-          el('th', { scope: 'col', class: 'num' }, 'Packets'),
-          el('th', { scope: 'col', class: 'num' }, 'Received'),
-          el('th', { scope: 'col', class: 'num' }, 'Loss'),
-          el('th', { scope: 'col', class: 'num' }, 'Subscribers'),
-          el('th', { scope: 'col' }, 'Forwarding'))),
+          el('th', { scope: 'col', class: 'num', title: 'Received from the publisher over the last second' }, 'Bitrate'),
+          el('th', { scope: 'col', class: 'num', title: 'Packets received since the track started' }, 'Packets'),
+          el('th', { scope: 'col', class: 'num', title: 'Bytes received since the track started' }, 'Received'),
+          el('th', { scope: 'col', class: 'num', title: "Packets missing from the publisher's sequence (after retransmission) since the start" }, 'Loss'),
+          el('th', { scope: 'col', class: 'num', title: 'Members this track is forwarded to' }, 'Subscribers'),
+          el('th', { scope: 'col', title: 'Whether an administrator stopped forwarding this track' }, 'Forwarding'))),
         this.tracksBody));
     this.noTracksEl = el('p', { class: 'no-tracks', 'data-testid': 'admin-no-tracks' }, 'Publishes no tracks.');
     this.node = el('article', { class: 'member', role: 'listitem', 'data-testid': 'admin-member' },
