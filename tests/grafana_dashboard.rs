@@ -1,8 +1,9 @@
 //! The Grafana dashboard (`deploy/grafana/yoom.json`) charts only what a real server exports:
 //! every `yoom_*` name in its queries is a metric family on `/metrics` once a little real traffic
-//! went through (media from the load tool, and a flooding client for the error and disconnect
-//! counters, whose label values exist only once something happened). Names read through
-//! `_bucket` must be histograms, names under `rate(` counters or histograms.
+//! went through: media from the load tool, and a flooding client that gets a `rate_limited`
+//! error and disconnect (a labelled family appears only once one of its series exists; the
+//! server creates the known label values at start, this makes sure real events land there too).
+//! Names read through `_bucket` must be histograms, names under `rate(` counters or histograms.
 
 mod common;
 
@@ -218,8 +219,7 @@ fn metric_names_are_found_and_suffixes_stripped() {
 }
 
 /// A client that floods `list_rooms` until the server refuses it and closes the connection
-/// (a `rate_limited` error and a `rate_limited` disconnect: labelled series that exist only once
-/// that happened).
+/// (a `rate_limited` error and a `rate_limited` disconnect).
 async fn flood_until_closed(server: &TestServer) {
     let (mut ws, _) = tokio::time::timeout(STEP, tokio_tungstenite::connect_async(server.ws_url()))
         .await
