@@ -432,7 +432,7 @@ function trackRow(t) {
   el('td', { class: 'num', 'data-testid': 'admin-track-bitrate' }, kbps === null ? '—' : bitrate(kbps)),
   el('td', { class: 'num', 'data-testid': 'admin-track-packets' }, count(t.packets)),
   el('td', { class: 'num' }, bytes(t.bytes)),
-  el('td', { class: `num${loss !== null && loss >= 2 ? ' bad' : ''}`, 'data-testid': 'admin-track-loss' }, loss === null ? '—' : `${loss.toFixed(loss < 10 ? 2 : 1)} %`),
+  el('td', { class: `num${loss !== null && loss >= 2 ? ' bad' : ''}`, 'data-testid': 'admin-track-loss' }, loss === null ? '—' : `${loss.toFixed(1)} %`),
   el('td', { class: 'num', 'data-testid': 'admin-track-subscribers' }, count(t.subscribers)),
   el('td', { 'data-testid': 'admin-track-forwarding' }, serverMuted
     ? el('span', { class: 'badge badge-danger' }, 'Muted by admin')
