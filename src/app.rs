@@ -47,6 +47,55 @@ pub struct App {
     pub sessions: TaskTracker,
     /// What every member's media needs: where to bind, metrics.
     pub media: MediaContext,
+    /// Open WebSocket connections per client address (`server.max_connections_per_ip`).
+    pub connection_limit: ConnectionLimit,
+}
+
+/// Counts connections per IP address; a slot is given back when its guard drops.
+#[derive(Clone)]
+pub struct ConnectionLimit {
+    max: usize,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+pub struct ConnectionSlot {
+    ip: std::net::IpAddr,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> ConnectionLimit {
+        ConnectionLimit {
+            max,
+            open: Default::default(),
+        }
+    }
+
+    /// A slot for one more connection from `ip`, or `None` at the limit.
+    pub fn acquire(&self, ip: std::net::IpAddr) -> Option<ConnectionSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionSlot {
+            ip,
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl App {
@@ -56,6 +105,7 @@ impl App {
         let registry = Registry::new(
             RegistryConfig {
                 max_room_members: config.max_room_members,
+                max_rooms: config.max_rooms,
                 media: true,
             },
             metrics.clone(),
@@ -104,6 +154,7 @@ impl App {
             metrics: metrics.clone(),
         };
         Ok(App {
+            connection_limit: ConnectionLimit::new(config.max_connections_per_ip),
             config: Arc::new(config),
             registry,
             metrics,

@@ -78,6 +78,25 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// Serve `/metrics` on this address instead of the main port.
     pub metrics_bind: Option<std::net::SocketAddr>,
+    pub auth_mode: AuthMode,
+    /// HS256 key of join tokens; required in token mode.
+    pub auth_secret: Option<Secret>,
+    /// Origins allowed to open `/ws` (browsers send `Origin`); empty = the server's own host.
+    pub allowed_origins: Vec<String>,
+    /// Most rooms that may exist at once.
+    pub max_rooms: usize,
+    /// Most WebSocket connections from one IP address at once.
+    pub max_connections_per_ip: usize,
+}
+
+/// Who may join rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone who reaches the server.
+    None,
+    /// `join` must carry a token signed with `auth.secret` for that room.
+    Token,
 }
 
 /// A value that must never be printed (logs, `Debug`, the admin API).
@@ -132,6 +151,11 @@ impl Default for Config {
             turn_ttl: Duration::from_secs(86_400),
             admin_token: None,
             metrics_bind: None,
+            auth_mode: AuthMode::None,
+            auth_secret: None,
+            allowed_origins: Vec::new(),
+            max_rooms: 1000,
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -240,6 +264,32 @@ pub struct ServeArgs {
     /// Serve /metrics on this address (e.g. 127.0.0.1:9100) instead of the main port
     #[arg(long, env = "YOOM_METRICS_BIND", value_name = "IP:PORT")]
     pub metrics_bind: Option<std::net::SocketAddr>,
+    /// Who may join: `none` (anyone) or `token` (a JWT from `yoom token`) [default: none]
+    #[arg(long, env = "YOOM_AUTH_MODE", value_enum)]
+    pub auth_mode: Option<AuthMode>,
+    /// HS256 secret of join tokens (token mode)
+    #[arg(
+        long,
+        env = "YOOM_AUTH_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub auth_secret: Option<String>,
+    /// Origins allowed to open /ws, comma-separated, e.g. https://meet.example.org; `*` for any
+    /// [default: the server's own host]
+    #[arg(
+        long,
+        env = "YOOM_ALLOWED_ORIGINS",
+        value_name = "ORIGIN,...",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Most rooms at once [default: 1000]
+    #[arg(long, env = "YOOM_MAX_ROOMS", value_name = "N")]
+    pub max_rooms: Option<usize>,
+    /// Most WebSocket connections from one IP address [default: 256]
+    #[arg(long, env = "YOOM_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -263,6 +313,15 @@ struct FileConfig {
     admin: FileAdmin,
     #[serde(default)]
     metrics: FileMetrics,
+    #[serde(default)]
+    auth: FileAuth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    mode: Option<AuthMode>,
+    secret: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -307,6 +366,8 @@ struct FileServer {
     bind: Option<String>,
     port: Option<i64>,
     web_dir: Option<PathBuf>,
+    allowed_origins: Option<Vec<String>>,
+    max_connections_per_ip: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -320,6 +381,7 @@ struct FileLog {
 #[serde(deny_unknown_fields)]
 struct FileRooms {
     max_members: Option<i64>,
+    max_rooms: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -589,6 +651,69 @@ impl Config {
             (None, None) => None,
         };
 
+        let auth_mode = args.auth_mode.or(file.auth.mode).unwrap_or(d.auth_mode);
+        let auth_secret = args
+            .auth_secret
+            .clone()
+            .or(file.auth.secret)
+            .filter(|s| !s.is_empty());
+        if auth_mode == AuthMode::Token {
+            match &auth_secret {
+                None => {
+                    return Err(ConfigError::Invalid {
+                        key: "auth.secret",
+                        message: "required when auth.mode = \"token\"".into(),
+                    })
+                }
+                Some(s) if s.len() < 32 => {
+                    return Err(ConfigError::Invalid {
+                        key: "auth.secret",
+                        message: "must be at least 32 characters (e.g. `openssl rand -hex 32`)"
+                            .into(),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        let auth_secret = auth_secret.map(Secret::new);
+        let allowed_origins = args
+            .allowed_origins
+            .clone()
+            .or(file.server.allowed_origins)
+            .unwrap_or_default();
+        for origin in &allowed_origins {
+            let ok = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin
+                        .trim_end_matches('/')
+                        .contains(|c: char| c.is_whitespace())
+                    && origin.matches('/').count() == 2);
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: "server.allowed_origins",
+                    message: format!(
+                        "`{origin}` is not an origin like https://meet.example.org[:port] (or `*`)"
+                    ),
+                });
+            }
+        }
+        let max_rooms = pick(
+            "rooms.max_rooms",
+            args.max_rooms.map(|v| v as i64),
+            file.rooms.max_rooms,
+            1,
+            1_000_000,
+        )?
+        .map_or(d.max_rooms, |v| v as usize);
+        let max_connections_per_ip = pick(
+            "server.max_connections_per_ip",
+            args.max_connections_per_ip.map(|v| v as i64),
+            file.server.max_connections_per_ip,
+            1,
+            1_000_000,
+        )?
+        .map_or(d.max_connections_per_ip, |v| v as usize);
+
         Ok(Config {
             bind,
             port,
@@ -612,6 +737,11 @@ impl Config {
             turn_ttl,
             admin_token,
             metrics_bind,
+            auth_mode,
+            auth_secret,
+            allowed_origins,
+            max_rooms,
+            max_connections_per_ip,
         })
     }
 }
@@ -743,6 +873,11 @@ mod tests {
         assert_eq!(from_file.turn_ttl, d.turn_ttl);
         assert_eq!(from_file.admin_token, d.admin_token);
         assert_eq!(from_file.metrics_bind, d.metrics_bind);
+        assert_eq!(from_file.auth_mode, d.auth_mode);
+        assert_eq!(from_file.auth_secret, d.auth_secret);
+        assert_eq!(from_file.allowed_origins, d.allowed_origins);
+        assert_eq!(from_file.max_rooms, d.max_rooms);
+        assert_eq!(from_file.max_connections_per_ip, d.max_connections_per_ip);
     }
 
     #[test]
@@ -840,6 +975,25 @@ mod tests {
             ("[turn]\nttl = 5\n", "turn.ttl"),
             ("[admin]\ntoken = \"short\"\n", "admin.token"),
             ("[metrics]\nbind = \"9100\"\n", "metrics.bind"),
+            ("[auth]\nmode = \"token\"\n", "auth.secret"),
+            (
+                "[auth]\nmode = \"token\"\nsecret = \"short\"\n",
+                "auth.secret",
+            ),
+            ("[auth]\nmode = \"jwt\"\n", "mode"),
+            (
+                "[server]\nallowed_origins = [\"meet.example.org\"]\n",
+                "server.allowed_origins",
+            ),
+            (
+                "[server]\nallowed_origins = [\"https://x.org/path\"]\n",
+                "server.allowed_origins",
+            ),
+            ("[rooms]\nmax_rooms = 0\n", "rooms.max_rooms"),
+            (
+                "[server]\nmax_connections_per_ip = 0\n",
+                "server.max_connections_per_ip",
+            ),
         ] {
             let err = Config::from_toml(toml).unwrap_err();
             assert!(err.to_string().contains(key), "{toml}: {err}");

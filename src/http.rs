@@ -69,14 +69,57 @@ async fn ws_upgrade(
     ws: WebSocketUpgrade,
     State(app): State<App>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
 ) -> Response {
     if app.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
+    if !origin_allowed(&app.config.allowed_origins, &headers) {
+        tracing::warn!(%remote, origin = ?headers.get(header::ORIGIN), "WebSocket from a foreign origin refused");
+        return (
+            StatusCode::FORBIDDEN,
+            "this page's origin may not connect (server.allowed_origins)",
+        )
+            .into_response();
+    }
+    let Some(slot) = app.connection_limit.acquire(remote.ip()) else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from this address (server.max_connections_per_ip)",
+        )
+            .into_response();
+    };
     let sessions = app.sessions.clone();
     ws.max_message_size(WS_READ_LIMIT_BYTES)
         .max_frame_size(WS_READ_LIMIT_BYTES)
-        .on_upgrade(move |socket| sessions.track_future(session::run(socket, app, remote)))
+        .on_upgrade(move |socket| {
+            sessions.track_future(async move {
+                let _slot = slot;
+                session::run(socket, app, remote).await
+            })
+        })
+}
+
+/// Cross-site WebSocket hijacking guard: a browser always says which page opens the socket.
+/// Clients without `Origin` are not browsers (no ambient cookies to abuse) and pass.
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if !allowed.is_empty() {
+        return allowed
+            .iter()
+            .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin));
+    }
+    // Default: only pages served by this host (as the browser addressed it).
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match (origin.split_once("://"), host) {
+        (Some((_, origin_host)), Some(host)) => origin_host.eq_ignore_ascii_case(host),
+        _ => false,
+    }
 }
 
 async fn metrics(State(app): State<App>) -> impl IntoResponse {
@@ -121,4 +164,62 @@ fn serve_embedded(path: &str, headers: &HeaderMap) -> Response {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn by_default_only_the_servers_own_pages_may_connect() {
+        let none: Vec<String> = Vec::new();
+        assert!(origin_allowed(
+            &none,
+            &headers(Some("http://localhost:3000"), "localhost:3000")
+        ));
+        assert!(origin_allowed(
+            &none,
+            &headers(Some("https://Meet.Example.org"), "meet.example.org")
+        ));
+        assert!(!origin_allowed(
+            &none,
+            &headers(Some("https://evil.example"), "localhost:3000")
+        ));
+        assert!(!origin_allowed(
+            &none,
+            &headers(Some("http://localhost:3001"), "localhost:3000")
+        ));
+        assert!(!origin_allowed(
+            &none,
+            &headers(Some("null"), "localhost:3000")
+        ));
+        assert!(origin_allowed(&none, &headers(None, "localhost:3000")));
+    }
+
+    #[test]
+    fn configured_origins_replace_the_default() {
+        let list = vec!["https://meet.example.org".to_string()];
+        assert!(origin_allowed(
+            &list,
+            &headers(Some("https://meet.example.org"), "yoom.internal:3000")
+        ));
+        assert!(!origin_allowed(
+            &list,
+            &headers(Some("http://yoom.internal:3000"), "yoom.internal:3000")
+        ));
+        let any = vec!["*".to_string()];
+        assert!(origin_allowed(
+            &any,
+            &headers(Some("https://anything.example"), "x")
+        ));
+    }
 }

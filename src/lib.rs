@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod healthcheck;
 pub mod http;

@@ -33,6 +33,11 @@ enum Command {
     ///
     /// For container health checks (the runtime image has no curl). Gives up after 2 s.
     Healthcheck(yoom::healthcheck::HealthcheckArgs),
+    /// Mint a join token for `auth.mode = "token"` and print it.
+    ///
+    /// The token is an HS256 JWT with claims room, name, exp (and can_publish = false with
+    /// --no-publish), signed with auth.secret.
+    Token(yoom::auth::TokenArgs),
 }
 
 /// After a shutdown signal the process exits within this time, whatever is still running.
@@ -44,7 +49,58 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Load(args) => load(args),
         Command::Healthcheck(args) => healthcheck(args),
+        Command::Token(args) => token(args),
     }
+}
+
+fn token(args: yoom::auth::TokenArgs) -> ExitCode {
+    use yoom::ids::{MemberName, RoomId};
+    let fail = |message: String| {
+        eprintln!("yoom token: {message}");
+        ExitCode::from(2)
+    };
+    let secret = match args.secret.clone().filter(|s| !s.is_empty()) {
+        Some(s) => s,
+        None => {
+            let serve = ServeArgs {
+                config: args.config.clone(),
+                ..ServeArgs::default()
+            };
+            match Config::load(&serve).map(|c| c.auth_secret) {
+                Ok(Some(s)) => s.expose().to_owned(),
+                Ok(None) => {
+                    return fail(
+                        "no secret: pass --secret, set YOOM_AUTH_SECRET or auth.secret".into(),
+                    )
+                }
+                Err(e) => return fail(e.to_string()),
+            }
+        }
+    };
+    if secret.len() < 32 {
+        return fail("the secret must be at least 32 characters, as the server requires".into());
+    }
+    if let Err(e) = RoomId::parse(&args.room) {
+        return fail(format!("--room: {e}"));
+    }
+    if let Err(e) = MemberName::parse(&args.name) {
+        return fail(format!("--name: {e}"));
+    }
+    let Some(ttl) = yoom::auth::parse_ttl(&args.ttl) else {
+        return fail(format!(
+            "--ttl: {:?} is not like 90s, 30m, 1h or 2d",
+            args.ttl
+        ));
+    };
+    let claims = yoom::auth::claims_for(
+        &args.room,
+        &args.name,
+        ttl,
+        !args.no_publish,
+        std::time::SystemTime::now(),
+    );
+    println!("{}", yoom::auth::mint(&claims, &secret));
+    ExitCode::SUCCESS
 }
 
 fn serve(args: ServeArgs) -> ExitCode {

@@ -336,6 +336,7 @@ impl Metrics {
                     "unavailable",
                     "no_capacity",
                     "kicked",
+                    "unauthorized",
                 ],
             ),
         ];

@@ -36,6 +36,8 @@ pub enum ErrorCode {
     NoCapacity,
     /// An administrator removed the member; the connection closes.
     Kicked,
+    /// A join token is missing, invalid, expired or for another room, or does not allow this.
+    Unauthorized,
 }
 
 impl ErrorCode {
@@ -51,6 +53,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::NoCapacity => "no_capacity",
             ErrorCode::Kicked => "kicked",
+            ErrorCode::Unauthorized => "unauthorized",
         }
     }
 }
@@ -116,6 +119,8 @@ pub enum ClientMessage {
     Join {
         room: RoomId,
         name: Option<MemberName>,
+        /// A join token (`auth.mode = "token"`).
+        token: Option<String>,
     },
     Leave,
     Chat {
@@ -250,6 +255,10 @@ fn parse_body(obj: &Map<String, Value>) -> Result<ClientMessage, ProtocolError> 
                 None | Some(Value::Null) => None,
                 Some(_) => Some(name_field(obj, "name")?),
             },
+            token: match obj.get("token") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(token_field(obj)?),
+            },
         },
         "leave" => ClientMessage::Leave,
         "chat" => ClientMessage::Chat {
@@ -290,6 +299,19 @@ fn parse_body(obj: &Map<String, Value>) -> Result<ClientMessage, ProtocolError> 
             ));
         }
     })
+}
+
+/// Tokens are short: a signed JWT of a few claims. Anything longer is not one of ours.
+const MAX_TOKEN_LEN: usize = 4096;
+
+fn token_field(obj: &Map<String, Value>) -> Result<String, ProtocolError> {
+    let token = str_field(obj, "token")?;
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(ProtocolError::field(format!(
+            "`token`: must be 1-{MAX_TOKEN_LEN} characters"
+        )));
+    }
+    Ok(token.to_owned())
 }
 
 fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a str, ProtocolError> {
@@ -596,7 +618,7 @@ mod tests {
         assert_eq!(ok(r#"{"type":"list_rooms"}"#), ClientMessage::ListRooms);
         assert!(
             matches!(ok(r#"{"type":"join","room":" team ","name":"al"}"#),
-            ClientMessage::Join { room, name: Some(n) } if room.as_str() == "team" && n.as_str() == "al")
+            ClientMessage::Join { room, name: Some(n), .. } if room.as_str() == "team" && n.as_str() == "al")
         );
         assert!(matches!(
             ok(r#"{"type":"mute","kind":"video","muted":true}"#),

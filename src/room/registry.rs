@@ -70,6 +70,8 @@ pub struct Joined {
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
     pub max_room_members: usize,
+    /// Most rooms at once; a join that would open one more is refused.
+    pub max_rooms: usize,
     /// Whether `joined` tells clients they may publish and subscribe media.
     pub media: bool,
 }
@@ -166,6 +168,18 @@ impl Registry {
             conn.name = name;
         }
         let already_here = conn.room.as_ref() == Some(&room_id);
+        if !already_here
+            && !st.rooms.contains_key(&room_id)
+            && st.rooms.len() >= self.inner.config.max_rooms
+        {
+            return Err(ProtocolError::new(
+                ErrorCode::NoCapacity,
+                format!(
+                    "this server holds its maximum of {} rooms; join an existing one",
+                    self.inner.config.max_rooms
+                ),
+            ));
+        }
         if !already_here {
             let count = st.rooms.get(&room_id).map_or(0, |r| r.members.len());
             if count >= self.inner.config.max_room_members {
@@ -561,6 +575,7 @@ mod tests {
         Registry::new(
             RegistryConfig {
                 max_room_members: max,
+                max_rooms: 3,
                 media: false,
             },
             Arc::new(Metrics::new()),
@@ -627,6 +642,31 @@ mod tests {
         assert_eq!(err.code, ErrorCode::RoomFull);
         let counts = reg.room_counts();
         assert_eq!(counts.len(), 2, "b is still in y");
+    }
+
+    #[test]
+    fn no_room_beyond_the_limit_but_existing_ones_stay_open() {
+        let reg = registry(10); // max_rooms = 3
+        let members: Vec<_> = (0..5).map(|_| member(&reg)).collect();
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            reg.join(&members[i].0, room(name), None, vec![], None)
+                .unwrap();
+        }
+        let Err(err) = reg.join(&members[3].0, room("d"), None, vec![], None) else {
+            panic!("a fourth room opened");
+        };
+        assert_eq!(err.code, ErrorCode::NoCapacity);
+        assert!(
+            err.message.contains("maximum of 3 rooms"),
+            "{}",
+            err.message
+        );
+        reg.join(&members[3].0, room("a"), None, vec![], None)
+            .unwrap();
+        // A room that empties frees its slot.
+        reg.leave(&members[1].0, None).unwrap();
+        reg.join(&members[4].0, room("d"), None, vec![], None)
+            .unwrap();
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! blocks its own writer.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
@@ -15,7 +15,9 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use webrtc::peer_connection::RTCIceCandidateInit;
 
 use crate::app::App;
-use crate::ids::MemberId;
+use crate::auth;
+use crate::config::AuthMode;
+use crate::ids::{MemberId, MemberName, RoomId};
 use crate::protocol::{
     parse_client_message, ClientMessage, ErrorCode, IceCandidate, PcKind, ProtocolError, Ref,
     ServerMessage, PROTOCOL_VERSION,
@@ -70,6 +72,7 @@ async fn serve(socket: WebSocket, app: App, id: MemberId) {
         id: id.clone(),
         outbox: outbox.clone(),
         media: None,
+        can_publish: true,
         signals_tx,
     };
 
@@ -141,6 +144,8 @@ async fn serve(socket: WebSocket, app: App, id: MemberId) {
         );
         outbox.close(CloseReason::Shutdown);
     }
+    // The writer ends when the last handle to the queue is gone (the session holds one).
+    drop(session);
     drop(outbox);
     let _ = writer.await;
     metrics.ws_connections.dec();
@@ -165,6 +170,8 @@ struct Session {
     outbox: Outbox,
     /// The member's media while it is in a room.
     media: Option<MediaHandle>,
+    /// Whether the member may publish (a join token may say no).
+    can_publish: bool,
     signals_tx: mpsc::UnboundedSender<MediaSignal>,
 }
 
@@ -205,8 +212,10 @@ impl Session {
         match message {
             ClientMessage::ListRooms => registry.list_rooms(id, reference),
             ClientMessage::SetName { name } => registry.set_name(id, name, reference),
-            ClientMessage::Join { room, name } => {
+            ClientMessage::Join { room, name, token } => {
+                let (name, can_publish) = self.authorize(&room, name, token.as_deref())?;
                 let joined = registry.join(id, room, name, self.app.ice_servers(id), reference)?;
+                self.can_publish = can_publish;
                 if joined.moved || self.media.is_none() {
                     tracing::Span::current().record("room", joined.room.as_str());
                     self.stop_media().await;
@@ -230,6 +239,12 @@ impl Session {
                 if pc != PcKind::Publish {
                     return Err(ProtocolError::field(
                         "`pc`: clients offer on \"publish\" only; the server offers on \"subscribe\"",
+                    ));
+                }
+                if !self.can_publish {
+                    return Err(ProtocolError::new(
+                        ErrorCode::Unauthorized,
+                        "this member's join token does not allow publishing",
                     ));
                 }
                 self.media()?.send(MediaCommand::PublishOffer {
@@ -270,6 +285,28 @@ impl Session {
         self.media.as_ref().ok_or_else(|| {
             ProtocolError::new(ErrorCode::NotInRoom, "join a room before sending media")
         })
+    }
+
+    /// In token mode, checks the join token for `room`: its `name` claim becomes the member's
+    /// name and `can_publish` what it may do. Otherwise everyone may join and publish.
+    fn authorize(
+        &self,
+        room: &RoomId,
+        name: Option<MemberName>,
+        token: Option<&str>,
+    ) -> Result<(Option<MemberName>, bool), ProtocolError> {
+        let config = &self.app.config;
+        let (AuthMode::Token, Some(secret)) = (config.auth_mode, &config.auth_secret) else {
+            return Ok((name, true));
+        };
+        let unauthorized =
+            |why: &str| ProtocolError::new(ErrorCode::Unauthorized, format!("`token`: {why}"));
+        let token = token.ok_or_else(|| unauthorized("this server requires a join token"))?;
+        let claims = auth::verify(token, secret.expose(), room.as_str(), SystemTime::now())
+            .map_err(|e| unauthorized(&e.to_string()))?;
+        let name = MemberName::parse(&claims.name)
+            .map_err(|e| unauthorized(&format!("its name is not usable: {e}")))?;
+        Ok((Some(name), claims.can_publish))
     }
 
     async fn stop_media(&mut self) {

@@ -642,3 +642,24 @@ fn relay_dropped_link(counter: &Arc<std::sync::atomic::AtomicU64>, relay: &Lossy
         }
     });
 }
+
+/// A real publish offer (VP8 + Opus) from a throwaway webrtc-rs peer.
+pub async fn publish_offer_sdp() -> String {
+    let (events, _events_rx) = mpsc::unbounded_channel();
+    let handler = EventForwarder::new(Side::Publish, events);
+    let pc = build_peer_connection(&options(), handler, None)
+        .await
+        .unwrap();
+    for (kind, mime, ssrc) in [
+        (RtpCodecKind::Video, "video/VP8", VIDEO_SSRC),
+        (RtpCodecKind::Audio, "audio/opus", AUDIO_SSRC),
+    ] {
+        let track = local_track("offer", "t", kind, mime, ssrc).unwrap();
+        pc.add_track(track as Arc<dyn TrackLocal>).await.unwrap();
+    }
+    let offer = pc.create_offer(None).await.unwrap();
+    pc.set_local_description(offer).await.unwrap();
+    let sdp = pc.local_description().await.unwrap().sdp;
+    let _ = pc.close().await;
+    sdp
+}

@@ -188,6 +188,14 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client over an already opened WebSocket (e.g. one made with custom headers).
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        Client {
+            id: String::new(),
+            ws,
+        }
+    }
+
     pub async fn connect(url: &str) -> Client {
         let (ws, _) = tokio::time::timeout(STEP, tokio_tungstenite::connect_async(url))
             .await
