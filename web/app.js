@@ -26,6 +26,10 @@ const params = new URLSearchParams(window.location.search);
 // `?relay=1`: iceTransportPolicy 'relay', media only through the TURN servers the server hands out
 // in `joined` (for checking a TURN deployment, and how the browser tests prove relaying works).
 const relayOnly = params.get('relay') === '1';
+// `?token=…`: the join token a server with `auth.mode = "token"` requires (from `yoom token` or
+// the host's own service); sent with every join of this page.
+const joinToken = params.get('token') || null;
+const withToken = (msg) => (joinToken ? { ...msg, token: joinToken } : msg);
 
 const state = {
   view: 'boot', // 'lobby' | 'joining' | 'room'
@@ -209,7 +213,7 @@ async function joinRoom(room, name) {
   }
   state.pendingJoin = null;
   try {
-    const joined = await sig.request({ type: 'join', room, ...(name ? { name } : {}) });
+    const joined = await sig.request(withToken({ type: 'join', room, ...(name ? { name } : {}) }));
     if (seq !== state.joinSeq) {
       // The user gave up meanwhile; do not stay in a room nobody is looking at.
       sig.request({ type: 'leave' }).catch(() => {});
@@ -222,7 +226,9 @@ async function joinRoom(room, name) {
       state.pendingJoin = { room, name };
       return;
     }
-    const reason = err.code === 'room_full' ? 'the room is full' : errorText(err);
+    const reason = err.code === 'room_full' ? 'the room is full'
+      : err.code === 'unauthorized' ? `this server needs a valid invitation link (${errorText(err)})`
+        : errorText(err);
     toast(`Could not join “${room}”: ${reason}`, 'error');
     setUrl(null);
     showLobby({ prefillRoom: room });
@@ -240,7 +246,7 @@ function enterRoom(joined, name, { rejoin = false, reuse = null } = {}) {
   state.room = joined.room;
   state.selfId = joined.self?.id ?? sig.memberId;
   state.joinName = name;
-  sig.setSession({ room: joined.room, name });
+  sig.setSession({ room: joined.room, name, token: joinToken });
   state.members = new Map();
   const self = { audio_muted: false, video_muted: false, ...joined.self, id: state.selfId };
   state.members.set(self.id, self);
@@ -684,7 +690,26 @@ sig.on('member_updated', onMemberUpdated);
 sig.on('chat', onChat);
 sig.on('rejoined', onRejoined);
 sig.on('rejoin_failed', onRejoinFailed);
-sig.on('error', (msg) => toast(msg.message || msg.code || 'The server reported an error', 'error'));
+sig.on('error', (msg) => {
+  // `kicked` is followed by the socket closing (code 4001); the `kicked` event says it once.
+  if (msg.code === 'kicked') return;
+  toast(msg.message || msg.code || 'The server reported an error', 'error');
+});
+sig.on('kicked', () => {
+  if (state.view === 'room' || state.view === 'joining') leaveRoom();
+  $('lobby-conn').textContent = 'Disconnected';
+  toast('An administrator removed you from the room. Reload the page to come back.', 'error');
+  document.body.dataset.kicked = 'true';
+});
+sig.on('left', (msg) => {
+  if (state.view !== 'room' || msg.room !== state.room) return;
+  const why = msg.reason === 'room_closed' ? 'An administrator closed the room.'
+    : msg.reason === 'media_failed' ? 'Your media connection failed, so you left the room.'
+      : 'You left the room.';
+  state.room = null; // the server has taken us out already: no `leave` to send
+  leaveRoom();
+  toast(why, 'error');
+});
 
 $('join-form').addEventListener('submit', (e) => {
   e.preventDefault();

@@ -13,6 +13,9 @@ const REQUEST_TIMEOUT_MS = 10_000;
 const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 10_000;
 
+/** WebSocket close code of a member an administrator removed (docs/api.md). */
+const CLOSE_KICKED = 4001;
+
 export class SignalingError extends Error {
   constructor(code, message) {
     super(message || code);
@@ -29,7 +32,7 @@ export class Signaling {
     /** 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed' */
     this.state = 'idle';
     this.memberId = null;
-    this.session = null; // { room, name } to re-join after a reconnection
+    this.session = null; // { room, name, token } to re-join after a reconnection
     this.nextRef = 1;
     this.pending = new Map(); // ref → { resolve, reject, timer }
     this.listeners = new Map(); // type → Set<fn>
@@ -89,7 +92,13 @@ export class Signaling {
       if (this.ws !== ws) return;
       this.ws = null;
       this.failPending('disconnected', 'Connection to the server was lost');
-      if (this.stopped) {
+      if (ev.code === CLOSE_KICKED) {
+        // Removed by an administrator: coming straight back would undo the kick.
+        this.stopped = true;
+        this.session = null;
+        this.setState('closed');
+        this.emit('kicked', { code: ev.code, reason: ev.reason });
+      } else if (this.stopped) {
         this.setState('closed');
       } else {
         console.warn(`yoom: signaling closed (code ${ev.code}), reconnecting`);
@@ -157,7 +166,8 @@ export class Signaling {
   async rejoin() {
     const { room, name } = this.session;
     try {
-      const joined = await this.request({ type: 'join', room, ...(name ? { name } : {}) });
+      const { token } = this.session;
+      const joined = await this.request({ type: 'join', room, ...(name ? { name } : {}), ...(token ? { token } : {}) });
       this.emit('rejoined', joined);
     } catch (err) {
       this.emit('rejoin_failed', err);
