@@ -42,8 +42,10 @@ async fn require_token(State(app): State<App>, request: Request, next: Next) -> 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        // The scheme name is case-insensitive (RFC 7235 §2.1).
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim());
     if !same_secret(presented, token.expose()) {
         let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized");
         response
@@ -114,6 +116,8 @@ fn member_json(member: &MemberInfo, media: Option<&MemberMediaInfo>) -> Value {
         "name": member.name.as_str(),
         "audio_muted": member.audio_muted,
         "video_muted": member.video_muted,
+        "server_audio_muted": member.server_audio_muted,
+        "server_video_muted": member.server_video_muted,
         "rtt_ms": media.and_then(|m| m.rtt).map(|d| round1(d.as_secs_f64() * 1000.0)),
         "tracks": tracks,
     })

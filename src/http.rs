@@ -31,6 +31,10 @@ pub fn router(app: App) -> Router {
         .route("/ws", get(ws_upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/admin", get(admin_page))
+        // The page's own files exist only when the page does.
+        .route("/admin.html", get(admin_page))
+        .route("/admin.js", get(admin_asset))
+        .route("/admin.css", get(admin_asset))
         .merge(admin::api_routes(&app));
     if app.config.metrics_bind.is_none() {
         api = api.route("/metrics", get(metrics));
@@ -47,6 +51,27 @@ pub fn metrics_router(app: App) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .with_state(app)
+}
+
+async fn admin_asset(State(app): State<App>, uri: Uri, headers: HeaderMap) -> Response {
+    if app.config.admin_token.is_none() {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    }
+    let path = uri.path().trim_start_matches('/');
+    match &app.config.web_dir {
+        Some(dir) => match tokio::fs::read(dir.join(path)).await {
+            Ok(body) => {
+                let mime = if path.ends_with(".js") {
+                    "text/javascript; charset=utf-8"
+                } else {
+                    "text/css; charset=utf-8"
+                };
+                ([(header::CONTENT_TYPE, mime)], body).into_response()
+            }
+            Err(_) => (StatusCode::NOT_FOUND, "not found").into_response(),
+        },
+        None => serve_embedded(path, &headers),
+    }
 }
 
 /// The admin page exists only when the admin API is on.

@@ -429,8 +429,14 @@ fn candidate_field(obj: &Map<String, Value>) -> Result<IceCandidate, ProtocolErr
 pub struct MemberInfo {
     pub id: MemberId,
     pub name: MemberName,
+    /// Muted by the member's client or by an administrator.
     pub audio_muted: bool,
     pub video_muted: bool,
+    /// Muted by an administrator (the server does not forward it); only sent when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub server_audio_muted: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub server_video_muted: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

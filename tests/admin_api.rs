@@ -41,7 +41,14 @@ async fn api(server: &TestServer, method: &str, path: &str, body: Option<Value>)
 #[tokio::test]
 async fn without_a_token_the_admin_api_and_page_do_not_exist() {
     let server = TestServer::start().await;
-    for path in ["/api/rooms", "/api/rooms/x", "/admin"] {
+    for path in [
+        "/api/rooms",
+        "/api/rooms/x",
+        "/admin",
+        "/admin.html",
+        "/admin.js",
+        "/admin.css",
+    ] {
         let (status, _, _) = http_request(
             server.addr,
             "GET",
@@ -79,6 +86,18 @@ async fn a_missing_or_wrong_token_is_refused() {
         );
     }
     let (status, page) = server.get("/admin").await;
+    assert_eq!(status, 200);
+    assert_eq!(server.get("/admin.js").await.0, 200);
+    // The scheme name is case-insensitive.
+    let lower = format!("bearer {TOKEN}");
+    let (status, _, _) = http_request(
+        server.addr,
+        "GET",
+        "/api/rooms",
+        &[("Authorization", &lower)],
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     assert!(
         page.contains("<html") || page.contains("<!doctype"),
@@ -242,6 +261,7 @@ async fn a_server_muted_track_stops_arriving_and_resumes() {
         .cloned()
         .unwrap();
     assert_eq!(member["video_muted"], true);
+    assert_eq!(member["server_video_muted"], true);
     let v = member["tracks"]
         .as_array()
         .unwrap()

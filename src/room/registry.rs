@@ -27,8 +27,12 @@ const LOBBY_COALESCE: Duration = Duration::from_millis(50);
 
 struct Connection {
     name: MemberName,
+    /// What the member's client says.
     audio_muted: bool,
     video_muted: bool,
+    /// What an administrator imposed (the member is shown muted if either says so).
+    server_audio_muted: bool,
+    server_video_muted: bool,
     room: Option<RoomId>,
     outbox: Outbox,
 }
@@ -38,8 +42,10 @@ impl Connection {
         MemberInfo {
             id: id.clone(),
             name: self.name.clone(),
-            audio_muted: self.audio_muted,
-            video_muted: self.video_muted,
+            audio_muted: self.audio_muted || self.server_audio_muted,
+            video_muted: self.video_muted || self.server_video_muted,
+            server_audio_muted: self.server_audio_muted,
+            server_video_muted: self.server_video_muted,
         }
     }
 }
@@ -122,6 +128,8 @@ impl Registry {
                 name: MemberName::anonymous(),
                 audio_muted: false,
                 video_muted: false,
+                server_audio_muted: false,
+                server_video_muted: false,
                 room: None,
                 outbox,
             },
@@ -274,6 +282,7 @@ impl Registry {
     }
 
     /// Takes a member out of its room on the server's initiative and tells it why.
+    /// (A server mute ends with the room membership too: see `leave_room`.)
     pub fn remove_from_room(&self, id: &MemberId, reason: &'static str) {
         let mut st = self.state();
         let Some(room) = st.connections.get(id).and_then(|c| c.room.clone()) else {
@@ -456,8 +465,8 @@ impl Registry {
         };
         if let Some(conn) = st.connections.get_mut(&id) {
             match kind {
-                MediaKind::Audio => conn.audio_muted = muted,
-                MediaKind::Video => conn.video_muted = muted,
+                MediaKind::Audio => conn.server_audio_muted = muted,
+                MediaKind::Video => conn.server_video_muted = muted,
             }
         }
         self.broadcast_member_updated(&st, &room_id, &id);
@@ -481,6 +490,9 @@ impl Registry {
         let Some(room_id) = conn.room.take() else {
             return;
         };
+        // A server mute belongs to the stay in that room.
+        conn.server_audio_muted = false;
+        conn.server_video_muted = false;
         let now_empty = match st.rooms.get_mut(&room_id) {
             Some(room) => {
                 room.members.retain(|m| m != id);

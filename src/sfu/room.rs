@@ -24,21 +24,27 @@ pub struct SfuRoom {
 struct State {
     members: HashMap<MemberId, Member>,
     tracks: Vec<Arc<PublishedTrack>>,
+    /// Kinds an administrator muted, per member: not forwarded, whatever the member publishes.
+    /// Kept apart from `members` so a mute given before the member's media started holds.
+    server_muted: HashMap<MemberId, ServerMuted>,
 }
 
 struct Member {
     commands: mpsc::UnboundedSender<MediaCommand>,
     stats: Arc<ConnectionStats>,
-    /// Kinds an administrator muted: not forwarded, whatever the member publishes.
-    muted_audio: bool,
-    muted_video: bool,
 }
 
-impl Member {
-    fn muted(&self, kind: RtpCodecKind) -> bool {
+#[derive(Debug, Default, Clone, Copy)]
+struct ServerMuted {
+    audio: bool,
+    video: bool,
+}
+
+impl ServerMuted {
+    fn get(&self, kind: RtpCodecKind) -> bool {
         match kind {
-            RtpCodecKind::Audio => self.muted_audio,
-            _ => self.muted_video,
+            RtpCodecKind::Audio => self.audio,
+            _ => self.video,
         }
     }
 }
@@ -82,21 +88,14 @@ impl SfuRoom {
         for track in st.tracks.iter().filter(|t| &t.publisher != id) {
             let _ = commands.send(MediaCommand::TrackAdded(track.clone()));
         }
-        st.members.insert(
-            id.clone(),
-            Member {
-                commands,
-                stats,
-                muted_audio: false,
-                muted_video: false,
-            },
-        );
+        st.members.insert(id.clone(), Member { commands, stats });
     }
 
     /// Removes a member and unpublishes its tracks from everyone else.
     pub fn leave(&self, id: &MemberId) {
         let mut st = self.state();
         st.members.remove(id);
+        st.server_muted.remove(id);
         let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut st.tracks)
             .into_iter()
             .partition(|t| &t.publisher == id);
@@ -118,10 +117,14 @@ impl SfuRoom {
 
     pub fn publish(&self, track: Arc<PublishedTrack>) {
         let mut st = self.state();
-        let Some(publisher) = st.members.get(&track.publisher) else {
+        if !st.members.contains_key(&track.publisher) {
             return; // the publisher left while its track was starting
-        };
-        track.set_server_muted(publisher.muted(track.kind));
+        }
+        let muted = st
+            .server_muted
+            .get(&track.publisher)
+            .is_some_and(|m| m.get(track.kind));
+        track.set_server_muted(muted);
         for (member, entry) in &st.members {
             if member != &track.publisher {
                 let _ = entry.commands.send(MediaCommand::TrackAdded(track.clone()));
@@ -131,15 +134,13 @@ impl SfuRoom {
     }
 
     /// Stops (or resumes) forwarding `member`'s tracks of `kind`, now and for tracks it
-    /// publishes later. False if the member has no media in this room.
-    pub fn server_mute(&self, member: &MemberId, kind: RtpCodecKind, muted: bool) -> bool {
+    /// publishes later (also if its media has not started yet).
+    pub fn server_mute(&self, member: &MemberId, kind: RtpCodecKind, muted: bool) {
         let mut st = self.state();
-        let Some(entry) = st.members.get_mut(member) else {
-            return false;
-        };
+        let entry = st.server_muted.entry(member.clone()).or_default();
         match kind {
-            RtpCodecKind::Audio => entry.muted_audio = muted,
-            _ => entry.muted_video = muted,
+            RtpCodecKind::Audio => entry.audio = muted,
+            _ => entry.video = muted,
         }
         for track in st
             .tracks
@@ -152,7 +153,6 @@ impl SfuRoom {
                 track.request_keyframe(KeyframeReason::NewSubscriber);
             }
         }
-        true
     }
 
     /// Media details of every member, for the admin API.
