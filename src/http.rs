@@ -54,39 +54,29 @@ pub fn metrics_router(app: App) -> Router {
 }
 
 async fn admin_asset(State(app): State<App>, uri: Uri, headers: HeaderMap) -> Response {
-    if app.config.admin_token.is_none() {
-        return (StatusCode::NOT_FOUND, "not found").into_response();
-    }
-    let path = uri.path().trim_start_matches('/');
-    match &app.config.web_dir {
-        Some(dir) => match tokio::fs::read(dir.join(path)).await {
-            Ok(body) => {
-                let mime = if path.ends_with(".js") {
-                    "text/javascript; charset=utf-8"
-                } else {
-                    "text/css; charset=utf-8"
-                };
-                ([(header::CONTENT_TYPE, mime)], body).into_response()
-            }
-            Err(_) => (StatusCode::NOT_FOUND, "not found").into_response(),
-        },
-        None => serve_embedded(path, &headers),
-    }
+    admin_file(&app, uri.path().trim_start_matches('/'), &headers).await
 }
 
 /// The admin page exists only when the admin API is on.
 async fn admin_page(State(app): State<App>, headers: HeaderMap) -> Response {
+    admin_file(&app, "admin.html", &headers).await
+}
+
+async fn admin_file(app: &App, path: &str, headers: &HeaderMap) -> Response {
     if app.config.admin_token.is_none() {
         return (StatusCode::NOT_FOUND, "not found").into_response();
     }
-    match &app.config.web_dir {
-        Some(dir) => match tokio::fs::read(dir.join("admin.html")).await {
-            Ok(html) => {
-                ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
-            }
-            Err(_) => (StatusCode::NOT_FOUND, "not found").into_response(),
-        },
-        None => serve_embedded("admin.html", &headers),
+    let Some(dir) = &app.config.web_dir else {
+        return serve_embedded(path, headers);
+    };
+    let mime = match path.rsplit('.').next() {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js") => "text/javascript; charset=utf-8",
+        _ => "text/css; charset=utf-8",
+    };
+    match tokio::fs::read(dir.join(path)).await {
+        Ok(body) => ([(header::CONTENT_TYPE, mime)], body).into_response(),
+        Err(_) => (StatusCode::NOT_FOUND, "not found").into_response(),
     }
 }
 

@@ -190,6 +190,17 @@ async fn closing_a_room_sends_everyone_back_to_the_lobby() {
     server.shutdown().await;
 }
 
+/// One member's entry in a `GET /api/rooms/{room}` answer.
+fn member_of(room: &Value, id: &str) -> Value {
+    room["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} not in {room}"))
+}
+
 fn video(publisher: &MediaPeer) -> TrackKey {
     (publisher.id.clone(), "video")
 }
@@ -211,13 +222,7 @@ async fn a_server_muted_track_stops_arriving_and_resumes() {
 
     let (status, room) = api(&server, "GET", "/api/rooms/m", None).await;
     assert_eq!(status, 200);
-    let pub_json = room["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == publisher.id.as_str())
-        .cloned()
-        .unwrap();
+    let pub_json = member_of(&room, &publisher.id);
     let tracks = pub_json["tracks"].as_array().unwrap();
     assert_eq!(tracks.len(), 2, "{pub_json}");
     let v = tracks.iter().find(|t| t["kind"] == "video").unwrap();
@@ -253,13 +258,7 @@ async fn a_server_muted_track_stops_arriving_and_resumes() {
         "audio must keep flowing"
     );
     let (_, room) = api(&server, "GET", "/api/rooms/m", None).await;
-    let member = room["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == publisher.id.as_str())
-        .cloned()
-        .unwrap();
+    let member = member_of(&room, &publisher.id);
     assert_eq!(member["video_muted"], true);
     assert_eq!(member["server_video_muted"], true);
     let v = member["tracks"]
