@@ -25,7 +25,7 @@ use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit, RTCSessionDes
 use yoom::load::member::local_track;
 use yoom::sfu::peer::{build_peer_connection, EventForwarder, PeerEvent, PeerOptions};
 
-use super::relay::LossyRelay;
+use super::relay::{Blackout, LossyRelay};
 use super::STEP;
 use std::net::SocketAddr;
 
@@ -70,6 +70,8 @@ pub struct MediaPeer {
     pub video_sent: Arc<AtomicU32>,
     /// Packets the subscribe relay dropped (when `subscribe_drop_every` is set).
     pub relay_dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// Cuts the subscribe relay (with `subscribe_relay` or `subscribe_drop_every`) for a while.
+    pub subscribe_blackout: Arc<Blackout>,
     /// The server's answer to this peer's publish offer.
     pub publish_answer_sdp: String,
     /// Every ICE candidate the server announced (in SDPs and trickled), as sent.
@@ -88,6 +90,9 @@ pub struct PeerConfig {
     /// Route the subscribe connection through a relay that drops every n-th RTP packet sent to
     /// this peer.
     pub subscribe_drop_every: Option<u64>,
+    /// Route the subscribe connection through a relay (lossless unless `subscribe_drop_every`
+    /// is set) whose `subscribe_blackout` switch cuts it.
+    pub subscribe_relay: bool,
 }
 
 impl Default for PeerConfig {
@@ -95,6 +100,7 @@ impl Default for PeerConfig {
         PeerConfig {
             answer_delay: Duration::ZERO,
             subscribe_drop_every: None,
+            subscribe_relay: false,
         }
     }
 }
@@ -161,6 +167,7 @@ impl MediaPeer {
             last_offer_sdp: Default::default(),
             video_sent: Default::default(),
             relay_dropped: Default::default(),
+            subscribe_blackout: Default::default(),
             publish_answer_sdp: String::new(),
             server_candidates: Default::default(),
             sending: Arc::new(AtomicBool::new(true)),
@@ -188,11 +195,13 @@ impl MediaPeer {
         let out = out_tx.clone();
         let events_for_sub = events_tx.clone();
         let relay_dropped = peer.relay_dropped.clone();
+        let blackout = peer.subscribe_blackout.clone();
         peer.tasks.push(tokio::spawn(async move {
             let mut pending: HashMap<Side, Vec<RTCIceCandidateInit>> = HashMap::new();
             let mut have_remote: HashMap<Side, bool> = HashMap::new();
             let mut relay: Option<LossyRelay> = None;
             let drop_every = cfg.subscribe_drop_every;
+            let relayed = cfg.subscribe_relay || drop_every.is_some();
             loop {
                 tokio::select! {
                     frame = ws_rx.next() => {
@@ -218,13 +227,13 @@ impl MediaPeer {
                                 offers.fetch_add(1, Ordering::SeqCst);
                                 let mut sdp = v["sdp"].as_str().unwrap().to_owned();
                                 record_candidates(&server_candidates, &sdp);
-                                if let Some(every) = drop_every {
+                                if relayed {
                                     let mut lines = Vec::new();
                                     for line in sdp.split("\r\n") {
                                         if let Some(c) = line.strip_prefix("a=") .filter(|l| l.starts_with("candidate:")) {
                                             if relay.is_none() {
                                                 if let Some(server) = candidate_addr(c) {
-                                                    let r = LossyRelay::start(server, every).await;
+                                                    let r = LossyRelay::start_with(server, drop_every, blackout.clone()).await;
                                                     relay_dropped_link(&relay_dropped, &r);
                                                     relay = Some(r);
                                                 }
@@ -260,7 +269,7 @@ impl MediaPeer {
                                 pc.set_local_description(answer).await.unwrap();
                                 let local = pc.local_description().await.unwrap();
                                 let mut answer_sdp = local.sdp;
-                                if drop_every.is_some() {
+                                if relayed {
                                     // The server must only learn this peer through the relay.
                                     answer_sdp = answer_sdp
                                         .split("\r\n")
@@ -275,10 +284,10 @@ impl MediaPeer {
                                 let side = if v["pc"] == "publish" { Side::Publish } else { Side::Subscribe };
                                 let mut c: RTCIceCandidateInit = serde_json::from_value(v["candidate"].clone()).unwrap();
                                 server_candidates.lock().unwrap().push(c.candidate.clone());
-                                if let (Side::Subscribe, Some(every)) = (side, drop_every) {
+                                if side == Side::Subscribe && relayed {
                                     if relay.is_none() {
                                         if let Some(server) = candidate_addr(&c.candidate) {
-                                            let r = LossyRelay::start(server, every).await;
+                                            let r = LossyRelay::start_with(server, drop_every, blackout.clone()).await;
                                             relay_dropped_link(&relay_dropped, &r);
                                             relay = Some(r);
                                         }
@@ -302,7 +311,7 @@ impl MediaPeer {
                         }
                     }
                     Some((side, event)) = events_rx.recv() => match event {
-                        PeerEvent::Candidate(_) if side == Side::Subscribe && drop_every.is_some() => {}
+                        PeerEvent::Candidate(_) if side == Side::Subscribe && relayed => {}
                         PeerEvent::Candidate(c) => {
                             let pc = if side == Side::Publish { "publish" } else { "subscribe" };
                             let _ = out.send(json!({"type":"candidate","pc":pc,"candidate":{

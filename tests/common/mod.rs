@@ -92,13 +92,7 @@ impl TestServer {
 
     /// Value of one metric line (exact name including labels) from /metrics.
     pub async fn metric(&self, series: &str) -> f64 {
-        let (_, body) = self.get("/metrics").await;
-        body.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        metric_at(self.addr, series).await
     }
 }
 
@@ -331,6 +325,18 @@ pub enum Event {
     Closed(Option<u16>),
     Error(String),
     Timeout,
+}
+
+/// Value of one metric line (exact name including labels) from the server at `addr`'s
+/// /metrics; 0 when the series is absent.
+pub async fn metric_at(addr: SocketAddr, series: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics").await;
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
 }
 
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
