@@ -167,11 +167,16 @@ impl WireStats {
             return;
         }
         for report in reports {
-            let new_loss = self.new_loss(report);
-            self.counters.loss_out.inc_by(new_loss);
-            if let Some(rate) = self.clock_rates.get(&report.ssrc).filter(|r| **r > 0) {
-                self.jitter_us
-                    .observe(f64::from(report.jitter) * 1e6 / f64::from(*rate));
+            // Only streams still bound: a report in flight when its track was removed would
+            // re-create the entry `unbind_local_stream` dropped, and it would stay for the
+            // connection's lifetime (one per track a long-lived subscriber ever received).
+            if let Some(&rate) = self.clock_rates.get(&report.ssrc) {
+                let new_loss = self.new_loss(report);
+                self.counters.loss_out.inc_by(new_loss);
+                if rate > 0 {
+                    self.jitter_us
+                        .observe(f64::from(report.jitter) * 1e6 / f64::from(rate));
+                }
             }
             if report.last_sender_report != 0 {
                 let sent = self
