@@ -158,10 +158,15 @@ pub fn spawn_server_with_log(
     });
     let addr = match rx.recv_timeout(STEP) {
         Ok(url) => url.parse().unwrap(),
-        Err(_) => panic!(
-            "server logs its address; it wrote: {:#?}",
-            log.lock().unwrap()
-        ),
+        Err(_) => {
+            // Not left running after the test fails.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "server logs its address; it wrote: {:#?}",
+                log.lock().unwrap()
+            )
+        }
     };
     (child, addr, log)
 }
