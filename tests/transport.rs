@@ -19,9 +19,21 @@ fn video(publisher: &MediaPeer) -> TrackKey {
     (publisher.id.clone(), "video")
 }
 
-fn announced(peer: &MediaPeer) -> BTreeSet<SocketAddr> {
-    let candidates = peer.server_candidates.lock().unwrap();
-    assert!(!candidates.is_empty(), "the server announced no candidate");
+/// The addresses of the server's candidates so far, waiting (bounded) for the first: they come
+/// in the answer or trickle in just after it, depending on how fast the server gathers.
+async fn announced(peer: &MediaPeer) -> BTreeSet<SocketAddr> {
+    let deadline = std::time::Instant::now() + STEP;
+    let candidates = loop {
+        let seen = peer.server_candidates.lock().unwrap().clone();
+        if !seen.is_empty() {
+            break seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server announced no candidate"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     candidates
         .iter()
         .map(|c| candidate_addr(c).unwrap_or_else(|| panic!("unparsable candidate {c}")))
@@ -68,7 +80,7 @@ async fn ten_members_in_three_rooms_share_one_udp_port() {
     let mut ports = BTreeSet::new();
     for (publisher, subscribers) in &members {
         for peer in std::iter::once(publisher).chain(subscribers) {
-            ports.extend(announced(peer).iter().map(|a| (a.ip(), a.port())));
+            ports.extend(announced(peer).await.iter().map(|a| (a.ip(), a.port())));
         }
     }
     assert_eq!(ports.len(), 1, "all candidates name one address: {ports:?}");
@@ -129,7 +141,7 @@ async fn a_port_range_is_leased_out_refused_when_exhausted_and_returned() {
     bob.wait_received(&video(&alice), STEP, |r| r.packets > 10)
         .await;
     for peer in [&alice, &bob] {
-        for addr in announced(peer) {
+        for addr in announced(peer).await {
             assert!(range.contains(&addr.port()), "{addr} outside {range:?}");
         }
     }
@@ -154,7 +166,7 @@ async fn a_port_range_is_leased_out_refused_when_exhausted_and_returned() {
     carol
         .wait_received(&video(&bob), STEP, |r| r.packets > 10)
         .await;
-    for addr in announced(&carol) {
+    for addr in announced(&carol).await {
         assert!(range.contains(&addr.port()), "{addr} outside {range:?}");
     }
     carol.leave().await;
@@ -175,7 +187,7 @@ async fn public_ips_are_what_candidates_announce() {
     peer.publish(10).await;
     // Trickled candidates follow the answer; give them a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let addrs = announced(&peer);
+    let addrs = announced(&peer).await;
     assert!(
         addrs.iter().all(|a| a.ip() == public),
         "every candidate announces {public}: {addrs:?}"
@@ -348,6 +360,7 @@ async fn the_public_address_is_discovered_from_a_real_stun_server_or_start_up_fa
     let mut peer = MediaPeer::join(&format!("ws://{addr}/ws"), "r", "p").await;
     peer.publish(10).await;
     assert!(announced(&peer)
+        .await
         .iter()
         .all(|a| a.ip() == IpAddr::from([127, 0, 0, 1])));
     peer.leave().await;
