@@ -19,7 +19,8 @@ pub struct Metrics {
     pub ws_messages_total: IntCounterVec,
     /// Errors sent to clients, by code.
     pub signal_errors_total: IntCounterVec,
-    /// Connections closed by the server, by reason (slow_consumer, rate_limited, idle, shutdown).
+    /// Connections closed by the server, by reason (slow_consumer, rate_limited, idle, shutdown,
+    /// kicked, invalid_utf8, too_large).
     pub ws_disconnects_total: IntCounterVec,
     /// Rooms with at least one member.
     pub rooms: IntGauge,
@@ -321,6 +322,8 @@ impl Metrics {
                     "idle",
                     "shutdown",
                     "kicked",
+                    "invalid_utf8",
+                    "too_large",
                 ],
             ),
             (

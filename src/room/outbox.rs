@@ -33,6 +33,10 @@ pub enum CloseReason {
     IdleTimeout,
     /// An administrator removed the member.
     Kicked,
+    /// The client sent a text frame that is not UTF-8 (RFC 6455 §8.1: fail the connection).
+    InvalidUtf8,
+    /// The client sent a frame over the WebSocket read limit.
+    TooLarge,
 }
 
 impl CloseReason {
@@ -44,6 +48,8 @@ impl CloseReason {
             CloseReason::RateLimited => "rate_limited",
             CloseReason::IdleTimeout => "idle",
             CloseReason::Kicked => "kicked",
+            CloseReason::InvalidUtf8 => "invalid_utf8",
+            CloseReason::TooLarge => "too_large",
         }
     }
 
@@ -55,6 +61,8 @@ impl CloseReason {
             CloseReason::SlowConsumer | CloseReason::RateLimited | CloseReason::IdleTimeout => 1008,
             // Application range (4000–4999): "removed by an administrator".
             CloseReason::Kicked => 4001,
+            CloseReason::InvalidUtf8 => 1007,
+            CloseReason::TooLarge => 1009,
         }
     }
 }

@@ -31,6 +31,9 @@ use crate::signal::rate_limit::{RateLimiter, Verdict};
 /// How long the writer waits for one frame to go out while closing, so that a dead peer cannot
 /// hold a task (and shutdown) hostage.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a session closed for flooding or a broken frame keeps reading (and dropping) the
+/// client's input so that its bye and close frame are not lost to a TCP reset.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Serves one upgraded WebSocket until it closes.
 pub async fn run(socket: WebSocket, app: App, remote: SocketAddr) {
@@ -89,9 +92,15 @@ async fn serve(socket: WebSocket, app: App, id: MemberId) {
             }
             Some(signal) = signals_rx.recv() => session.on_media_signal(signal).await,
             frame = stream.next() => {
-                let Some(Ok(frame)) = frame else {
+                let frame = match frame.map(|read| read.map_err(|e| violation(&e))) {
+                    Some(Ok(frame)) => frame,
+                    Some(Err(Some((error, reason)))) => {
+                        send_error(&app, &outbox, None, error);
+                        outbox.close(reason);
+                        break reason;
+                    }
                     // After a close the server queued (kick, shutdown), that is the reason.
-                    break outbox.close_reason().unwrap_or(CloseReason::Normal);
+                    _ => break outbox.close_reason().unwrap_or(CloseReason::Normal),
                 };
                 idle.as_mut().reset(tokio::time::Instant::now() + app.config.idle_timeout);
                 let text = match frame {
@@ -147,9 +156,46 @@ async fn serve(socket: WebSocket, app: App, id: MemberId) {
     // The writer ends when the last handle to the queue is gone (the session holds one).
     drop(session);
     drop(outbox);
-    let _ = writer.await;
+    if matches!(reason, CloseReason::RateLimited | CloseReason::InvalidUtf8) {
+        // The client was still talking when the server gave up on it. Closing a socket with
+        // unread input sends a TCP reset, which can overtake (and discard) the bye and close
+        // frame just written; so read and drop what still comes until the client answers the
+        // close, for a bounded time. (Not after a frame over the limit: reading on would
+        // buffer that very frame.)
+        let linger = async { while let Some(Ok(_)) = stream.next().await {} };
+        let _ = tokio::join!(writer, tokio::time::timeout(CLOSE_LINGER, linger));
+    } else {
+        let _ = writer.await;
+    }
     metrics.ws_connections.dec();
     info!(reason = reason.label(), "connection closed");
+}
+
+/// A read error that is the client breaking the WebSocket rules in a way the contract names:
+/// what to tell it and why to close (1007 or 1009, RFC 6455 §7.4.1). `None` for a socket that
+/// is simply gone, or any other error: those end the session quietly.
+fn violation(e: &axum::Error) -> Option<(ProtocolError, CloseReason)> {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+    match std::error::Error::source(e)?.downcast_ref::<WsError>()? {
+        WsError::Utf8(_) => Some((
+            ProtocolError::new(
+                ErrorCode::BadJson,
+                "a text frame must be valid UTF-8: closing the connection",
+            ),
+            CloseReason::InvalidUtf8,
+        )),
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => Some((
+            ProtocolError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "frame of {size} bytes exceeds the {max_size} byte limit of the connection: \
+                     closing the connection"
+                ),
+            ),
+            CloseReason::TooLarge,
+        )),
+        _ => None,
+    }
 }
 
 fn flood(outbox: &Outbox) -> CloseReason {
