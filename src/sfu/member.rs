@@ -27,8 +27,8 @@ use webrtc::rtp_transceiver::RtpSender;
 
 use crate::ids::{MemberId, RoomId};
 use crate::metrics::{GaugeGuard, Metrics};
-use crate::sfu::codecs::same_codec;
 use crate::sfu::codecs::MediaDirection;
+use crate::sfu::codecs::{same_codec, supported_codecs};
 use crate::sfu::egress::{Egress, FirstVideo};
 use crate::sfu::forwarder::RtpMunger;
 use crate::sfu::peer::{build_peer_connection, EventForwarder, PeerEvent, PeerOptions};
@@ -44,6 +44,10 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 const NEGOTIATION_DEBOUNCE: Duration = Duration::from_millis(30);
 /// Remote candidates kept while waiting for a remote description; more is a misbehaving client.
 const MAX_PENDING_CANDIDATES: usize = 64;
+/// Media sections a publish offer may have. A browser publishes a microphone, a camera and
+/// perhaps a screen; each section becomes a receiver here and, once media flows, a track in
+/// every subscriber's connection, so hundreds would be one member's cost paid by the room.
+pub const MAX_PUBLISH_MEDIA_SECTIONS: usize = 16;
 
 /// Which of a member's two connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -464,6 +468,9 @@ impl MemberMedia {
             Ok(o) => o,
             Err(e) => return self.reply_error(tag, format!("`sdp`: not a valid offer: {e}")),
         };
+        if let Err(message) = check_publish_offer(&offer) {
+            return self.reply_error(tag, message);
+        }
         let conn = match self.connection(Role::Publish).await {
             Ok(conn) => conn,
             Err((kind, message)) => return self.report_error(tag, kind, message),
@@ -550,6 +557,11 @@ impl MemberMedia {
                 ),
             );
         };
+        // Checked here too so that a candidate kept for later is refused as promptly as one
+        // applied at once (a kept one is otherwise only dropped, with a log line, later).
+        if let Err(e) = check_candidate(&candidate) {
+            return self.reply_error(tag, e);
+        }
         if !conn.has_remote_description {
             if conn.pending_candidates.len() >= MAX_PENDING_CANDIDATES {
                 return self.reply_error(tag, "`candidate`: too many candidates".into());
@@ -770,6 +782,68 @@ impl MemberMedia {
     }
 }
 
+/// Refuses a publish offer the server could do nothing useful with, before it reaches the
+/// connection (whose current negotiation therefore stays as it was): too many media sections,
+/// or not one codec the server forwards. Sections with unknown codecs next to a usable one are
+/// fine; the answer rejects just those.
+pub fn check_publish_offer(offer: &RTCSessionDescription) -> Result<(), String> {
+    let parsed = offer
+        .unmarshal()
+        .map_err(|e| format!("`sdp`: not a valid offer: {e}"))?;
+    let sections = parsed.media_descriptions.len();
+    if sections > MAX_PUBLISH_MEDIA_SECTIONS {
+        return Err(format!(
+            "`sdp`: {sections} media sections; a publish offer may have at most \
+             {MAX_PUBLISH_MEDIA_SECTIONS}"
+        ));
+    }
+    let supported = supported_codecs();
+    let mut offered = Vec::new();
+    for media in &parsed.media_descriptions {
+        for codec in media.codecs().into_values() {
+            let mime = format!("{}/{}", media.media_name.media, codec.name);
+            if supported
+                .iter()
+                .any(|(c, _)| c.rtp_codec.mime_type.eq_ignore_ascii_case(&mime))
+            {
+                return Ok(());
+            }
+            offered.push(mime.chars().take(40).collect::<String>());
+        }
+    }
+    offered.sort();
+    offered.dedup();
+    offered.truncate(8);
+    let forwarded: Vec<String> = supported
+        .iter()
+        .map(|(c, _)| c.rtp_codec.mime_type.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    Err(format!(
+        "`sdp`: no media section offers a codec this server forwards ({}); offered: {}",
+        forwarded.join(", "),
+        if offered.is_empty() {
+            "none".to_string()
+        } else {
+            offered.join(", ")
+        }
+    ))
+}
+
+/// Refuses a remote candidate whose text is not an ICE candidate (the empty end-of-candidates
+/// marker is fine).
+pub fn check_candidate(candidate: &RTCIceCandidateInit) -> Result<(), String> {
+    let text = candidate.candidate.as_str();
+    let text = text.strip_prefix("candidate:").unwrap_or(text);
+    if text.is_empty() {
+        return Ok(());
+    }
+    rtc::ice::candidate::unmarshal_candidate(text)
+        .map(|_| ())
+        .map_err(|e| format!("`candidate`: not an ICE candidate: {e}"))
+}
+
 async fn flush_candidates(conn: &mut Connection) {
     conn.has_remote_description = true;
     for candidate in std::mem::take(&mut conn.pending_candidates) {
@@ -800,5 +874,62 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(sections: &str) -> RTCSessionDescription {
+        let sdp = format!("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n{sections}");
+        RTCSessionDescription::offer(sdp).unwrap()
+    }
+
+    fn audio(mid: usize, rtpmap: &str) -> String {
+        format!("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:{mid}\r\na=rtpmap:111 {rtpmap}\r\n")
+    }
+
+    #[test]
+    fn publish_offers_need_a_forwarded_codec_and_few_sections() {
+        assert!(check_publish_offer(&offer(&audio(0, "opus/48000/2"))).is_ok());
+        // A made-up codec next to a usable one is fine: the answer rejects just that section.
+        let mixed = audio(0, "XYZ/8000") + &audio(1, "OPUS/48000/2");
+        assert!(check_publish_offer(&offer(&mixed)).is_ok());
+
+        let err = check_publish_offer(&offer(&audio(0, "XYZ/90000"))).unwrap_err();
+        assert!(
+            err.starts_with("`sdp`: no media section offers a codec"),
+            "{err}"
+        );
+        assert!(err.ends_with("offered: audio/XYZ"), "{err}");
+        let err = check_publish_offer(&offer("")).unwrap_err();
+        assert!(err.ends_with("offered: none"), "{err}");
+
+        let max: String = (0..MAX_PUBLISH_MEDIA_SECTIONS)
+            .map(|mid| audio(mid, "opus/48000/2"))
+            .collect();
+        assert!(check_publish_offer(&offer(&max)).is_ok());
+        let over = max + &audio(MAX_PUBLISH_MEDIA_SECTIONS, "opus/48000/2");
+        let err = check_publish_offer(&offer(&over)).unwrap_err();
+        assert!(err.contains("17 media sections"), "{err}");
+    }
+
+    #[test]
+    fn candidates_must_parse_unless_empty() {
+        let candidate = |text: &str| RTCIceCandidateInit {
+            candidate: text.into(),
+            ..Default::default()
+        };
+        assert!(check_candidate(&candidate("")).is_ok());
+        assert!(check_candidate(&candidate(
+            "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host"
+        ))
+        .is_ok());
+        let err = check_candidate(&candidate("candidate:garbage")).unwrap_err();
+        assert!(
+            err.starts_with("`candidate`: not an ICE candidate"),
+            "{err}"
+        );
     }
 }
