@@ -270,7 +270,8 @@ fn parse_body(obj: &Map<String, Value>) -> Result<ClientMessage, ProtocolError> 
                 "video" => MediaKind::Video,
                 other => {
                     return Err(ProtocolError::field(format!(
-                        "`kind` must be \"audio\" or \"video\", got {other:?}"
+                        "`kind` must be \"audio\" or \"video\", got {:?}",
+                        other.chars().take(40).collect::<String>()
                     )))
                 }
             },
