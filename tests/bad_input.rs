@@ -379,16 +379,14 @@ fn cases(sdp: &Sdps) -> Vec<Case> {
             Input::Json(json!({"type":"chat","text":long,"ref":18})),
             error("invalid_field", &["`text`", "at most 2000", "got 10000"]),
         ),
-        // Rooms.
-        // docs/protocol.md says a repeated join "changes nothing for the others"; the registry
-        // still tells them the (unchanged) member was updated. Pinned here until that is fixed.
+        // Rooms. A repeated join (same name) changes nothing for the others.
         case(
             "duplicate join of the same room",
             At::Room,
             Input::Json(json!({"type":"join","room":"r","name":"bad","ref":19})),
             Expect::Reply {
                 ty: "joined",
-                others: &["member_updated"],
+                others: &[],
             },
         ),
         // Media messages out of order.
@@ -841,13 +839,12 @@ async fn never_reads(server: &TestServer, mut bystander: Client) {
         assert_eq!(m["type"], "chat", "{m}");
         echoes += 1;
     }
-    // One disconnect, counted twice today: by the registry when its broadcast overflows the
-    // queue and by the session when it ends for that reason. Pinned until that is fixed.
+    // One disconnect, counted once (by the session, when it ends for that reason).
     assert_eq!(
         server
             .metric("yoom_ws_disconnects_total{reason=\"slow_consumer\"}")
             .await,
-        2.0
+        1.0
     );
     let r = bystander
         .request(json!({"type":"chat","text":"after"}), json!("after"))

@@ -19,7 +19,7 @@ use crate::protocol::{
     ChatSender, ErrorCode, IceServer, MediaKind, MemberInfo, ProtocolError, Ref, RoomCount,
     ServerMessage,
 };
-use crate::room::outbox::{CloseReason, Frame, Outbox, Sent};
+use crate::room::outbox::{CloseReason, Frame, Outbox};
 use crate::sfu::room::SfuRoom;
 
 /// How long lobby updates are held back so that a burst of joins yields one `rooms` message.
@@ -172,6 +172,7 @@ impl Registry {
                 "connection is closing",
             ));
         };
+        let renamed = name.as_ref().is_some_and(|n| *n != conn.name);
         if let Some(name) = name {
             conn.name = name;
         }
@@ -248,8 +249,10 @@ impl Registry {
         };
         self.deliver(&conn.outbox, joined.to_json(reply).into());
         if already_here {
-            // A repeated join may still have changed the name: tell the others.
-            self.broadcast_member_updated(&st, &room_id, id);
+            // A repeated join changes nothing for the others, unless it renamed the member.
+            if renamed {
+                self.broadcast_member_updated(&st, &room_id, id);
+            }
         } else {
             let frame: Frame = ServerMessage::MemberJoined { member: me }
                 .to_json(None)
@@ -541,13 +544,9 @@ impl Registry {
     }
 
     fn deliver(&self, outbox: &Outbox, frame: Frame) {
-        if outbox.send(frame) == Sent::Overflow {
-            self.inner
-                .metrics
-                .ws_disconnects_total
-                .with_label_values(&["slow_consumer"])
-                .inc();
-        }
+        // An overflowing queue kills the connection; its session counts the disconnect once,
+        // with the reason, when it ends.
+        let _ = outbox.send(frame);
     }
 }
 
