@@ -299,13 +299,13 @@ impl Ingress {
                         self.media_ssrc = packet.header.ssrc;
                         self.metrics.packets_in_total.inc();
                         self.metrics.bytes_in_total.inc_by(packet.payload.len() as u64);
+                        let packet = IngressPacket::shared(packet);
                         self.recorder.record(
                             &track.stats,
-                            packet.header.sequence_number,
-                            packet.payload.len(),
-                            Instant::now(),
+                            packet.rtp.header.sequence_number,
+                            packet.rtp.payload.len(),
+                            packet.received_at,
                         );
-                        let packet = IngressPacket::shared(packet);
                         let full = track.fan_out(&packet, &self.metrics);
                         if full > 0 {
                             // The subscribers that missed a packet need a fresh keyframe.
