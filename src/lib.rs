@@ -12,10 +12,12 @@
 //! - [`metrics`]: every Prometheus metric, named once.
 //! - [`load`]: `yoom load`, the load tool (simulated members, loss/delay/CPU report).
 //! - [`healthcheck`]: `yoom healthcheck`, a GET of `/healthz` for container health checks.
+//! - [`allocator`]: heap in use (a metric) and malloc settings for a long-running server.
 //!
 //! [`run`] serves until its shutdown future resolves; `main.rs` only parses the command line.
 
 pub mod admin;
+pub mod allocator;
 pub mod app;
 pub mod auth;
 pub mod config;

@@ -112,6 +112,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     init_tracing(&config);
+    if !yoom::allocator::fix_thresholds() {
+        tracing::debug!(
+            "malloc thresholds left as they are (tuned by the environment, or not glibc)"
+        );
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -78,6 +78,9 @@ pub struct Metrics {
     process_cpu_seconds_total: Counter,
     /// This process's resident memory, refreshed at every scrape.
     process_resident_memory_bytes: IntGauge,
+    /// Bytes the allocator has handed out and not had back, refreshed at every scrape; `None`
+    /// where the allocator cannot say (not glibc).
+    heap_in_use_bytes: Option<IntGauge>,
     cpu_seconds_seen: std::sync::Mutex<f64>,
 }
 
@@ -301,6 +304,14 @@ impl Metrics {
                 "process_resident_memory_bytes",
                 "Resident memory of the Yoom process",
             ),
+            // Unlike the resident size, this does not move with the allocator's caching and
+            // fragmentation: a leak shows here, as a trend, long before it shows in RSS.
+            heap_in_use_bytes: crate::allocator::heap_in_use_bytes().map(|_| {
+                gauge(
+                    "heap_in_use_bytes",
+                    "Heap memory allocated and not yet freed (glibc mallinfo2)",
+                )
+            }),
             cpu_seconds_seen: std::sync::Mutex::new(0.0),
             registry,
         };
@@ -355,6 +366,12 @@ impl Metrics {
         let sample = crate::proc_stat::ProcessSample::of_self();
         self.process_resident_memory_bytes
             .set(sample.rss_bytes as i64);
+        if let (Some(gauge), Some(bytes)) = (
+            &self.heap_in_use_bytes,
+            crate::allocator::heap_in_use_bytes(),
+        ) {
+            gauge.set(bytes as i64);
+        }
         let mut seen = self
             .cpu_seconds_seen
             .lock()

@@ -63,6 +63,7 @@ fn clock_ticks_per_second() -> f64 {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
 
     #[test]
