@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -237,6 +238,100 @@ async fn a_publisher_leaving_is_removed_from_subscribers_by_a_re_offer() {
         Duration::from_secs(5),
     )
     .await;
+}
+
+/// Waits until the subscriber's latest offer no longer carries `publisher`'s tracks.
+async fn wait_unoffered(sub: &MediaPeer, publisher: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    let msid = format!("a=msid:{publisher} ");
+    while sub.last_offer_sdp.lock().unwrap().contains(&msid) {
+        assert!(
+            Instant::now() < deadline,
+            "{publisher}'s tracks are still offered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A member who stays while others come and go must not cost the server one more SSRC (and
+/// webrtc-rs' per-SSRC state) per track it was ever sent: freed SSRCs are reused, never on the
+/// transceiver that carried them last (Chromium would not render that), and each reuse
+/// continues the numbering, or the subscriber's SRTP replay window would drop the new track's
+/// packets as replays of the old one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staying_subscriber_gets_freed_ssrcs_reused_with_continuous_numbering() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    let sub = MediaPeer::join(&url, "r", "stays").await;
+    // SSRC → the last sequence number the subscriber got on it, per kind.
+    let mut ended: HashMap<(&str, u32), u16> = HashMap::new();
+    let mut used: Vec<(u32, u32)> = Vec::new();
+    let mut reused = 0;
+    for cycle in 0..6 {
+        let mut publisher = MediaPeer::join(&url, "r", &format!("pub{cycle}")).await;
+        publisher.publish(50).await;
+        let keys = [video(&publisher), audio(&publisher)];
+        for key in &keys {
+            sub.wait_received(key, Duration::from_secs(10), |r| r.packets > 10)
+                .await;
+        }
+        let mut ssrcs = [0; 2];
+        for (i, key) in keys.iter().enumerate() {
+            let r = sub.received(key);
+            assert_eq!(r.ssrcs.len(), 1, "one SSRC per track: {r:?}");
+            assert_eq!(r.corrupt, 0);
+            ssrcs[i] = r.ssrcs[0];
+            if let Some(&before) = ended.get(&(key.1, r.ssrcs[0])) {
+                reused += 1;
+                // Continued right after the last number the egress wrote; a packet or two of
+                // the departed track may have been numbered and then refused by the removed
+                // sender, hence a small gap rather than exactly +1.
+                let first = r.first_seq.unwrap();
+                assert!(
+                    (1..=16).contains(&first.wrapping_sub(before)),
+                    "cycle {cycle} {}: SSRC {} numbered {before} last, then {first}",
+                    key.1,
+                    r.ssrcs[0]
+                );
+            }
+        }
+        if let Some(&(v, a)) = used.last() {
+            // The previous publisher's tracks sat in the same two transceivers.
+            assert_ne!(
+                (v, a),
+                (ssrcs[0], ssrcs[1]),
+                "cycle {cycle}: an SSRC back on its transceiver"
+            );
+        }
+        used.push((ssrcs[0], ssrcs[1]));
+        let id = publisher.id.clone();
+        publisher.leave().await;
+        wait_unoffered(&sub, &id, Duration::from_secs(5)).await;
+        // What the subscriber got of the departed tracks, now that they are gone.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for key in keys {
+            let r = sub.received(&key);
+            ended.insert((key.1, r.last_ssrc), r.last_seq);
+        }
+    }
+    let distinct = |pick: fn(&(u32, u32)) -> u32| {
+        used.iter()
+            .map(pick)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
+    assert_eq!(
+        distinct(|u| u.0),
+        2,
+        "video SSRCs over 6 publishers: {used:?}"
+    );
+    assert_eq!(
+        distinct(|u| u.1),
+        2,
+        "audio SSRCs over 6 publishers: {used:?}"
+    );
+    assert_eq!(reused, 8, "cycles 2–5 reuse both SSRCs: {used:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,8 +58,9 @@ impl FirstVideo {
 const LATENCY_SAMPLE_EVERY: u32 = 16;
 
 impl Egress {
-    /// Runs until the source stops feeding this queue or the subscriber's connection closes.
-    pub async fn run(mut self) {
+    /// Runs until the source stops feeding this queue or the subscriber's connection closes;
+    /// ends with the numbering it reached, for the next track sent on the same SSRC.
+    pub async fn run(mut self) -> RtpMunger {
         let _task = self.metrics.task_guard();
         let mut sample = 0u32;
         loop {
@@ -112,5 +113,6 @@ impl Egress {
                 },
             }
         }
+        self.munger
     }
 }

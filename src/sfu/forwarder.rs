@@ -55,6 +55,18 @@ impl RtpMunger {
         self.discontinuity = true;
     }
 
+    /// Takes this SSRC's numbering over for a new track on it (see `ssrc_pool`): the next
+    /// packet, from whichever source, continues right after what the subscriber last received.
+    pub fn continue_with(&mut self, out_payload_type: u8, clock_rate: u32) {
+        self.out_payload_type = out_payload_type;
+        self.clock_rate = clock_rate.max(1);
+        self.discontinuity = true;
+    }
+
+    pub fn out_ssrc(&self) -> u32 {
+        self.out_ssrc
+    }
+
     /// The output header fields for `header` received at `now`.
     pub fn rewrite(&mut self, header: &rtp::Header, now: Instant) -> Rewrite {
         let source = match self.source {
@@ -224,6 +236,21 @@ mod tests {
         let after = m.rewrite(&header(1, 510, 480_960), t + Duration::from_secs(1));
         assert_eq!(after.sequence_number, before.sequence_number + 1);
         assert_eq!(after.timestamp, before.timestamp + 48_000);
+    }
+
+    #[test]
+    fn a_new_track_on_a_reused_ssrc_continues_its_numbering_even_with_the_same_input_ssrc() {
+        let t = Instant::now();
+        let mut m = RtpMunger::new(7, 96, 90_000);
+        let last = m.rewrite(&header(1, 30_000, 5_000), t);
+        // Another publisher's track, whose own SSRC happens to be the same, takes this SSRC
+        // over with a renegotiated payload type, two seconds later.
+        m.continue_with(98, 90_000);
+        let first = m.rewrite(&header(1, 12, 100), t + Duration::from_secs(2));
+        assert_eq!(first.ssrc, 7);
+        assert_eq!(first.payload_type, 98);
+        assert_eq!(first.sequence_number, last.sequence_number + 1);
+        assert_eq!(first.timestamp, last.timestamp + 180_000);
     }
 
     #[test]

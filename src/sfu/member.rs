@@ -23,7 +23,7 @@ use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     PeerConnection, RTCIceCandidateInit, RTCPeerConnectionState, RTCSessionDescription,
 };
-use webrtc::rtp_transceiver::RtpSender;
+use webrtc::rtp_transceiver::{RTCRtpSenderId, RtpSender};
 
 use crate::ids::{MemberId, RoomId};
 use crate::metrics::{GaugeGuard, Metrics};
@@ -33,6 +33,7 @@ use crate::sfu::egress::{Egress, FirstVideo};
 use crate::sfu::forwarder::RtpMunger;
 use crate::sfu::peer::{build_peer_connection, EventForwarder, PeerEvent, PeerOptions};
 use crate::sfu::room::SfuRoom;
+use crate::sfu::ssrc_pool::{random_ssrc, LastSender, SsrcPool};
 use crate::sfu::track::{KeyframeReason, PublishedTrack, TrackId, SUBSCRIBER_QUEUE_LEN};
 use crate::sfu::transport::{ConnectionTransport, MediaTransport};
 use crate::sfu::wire_stats::{ConnectionStats, Side, WireStatsConfig};
@@ -195,6 +196,7 @@ pub fn spawn_member_media(
         published: HashMap::new(),
         wanted: BTreeMap::new(),
         forwarding: BTreeMap::new(),
+        ssrcs: SsrcPool::default(),
         offer_sent_at: None,
         renegotiate: false,
         negotiate_at: None,
@@ -225,6 +227,9 @@ struct DownTrack {
     local: Arc<TrackLocalStaticRTP>,
     sender: Arc<dyn RtpSender>,
     ssrc: u32,
+    /// The task whose end gives this SSRC's numbering so far: this track's egress once it
+    /// runs, before that the previous track's on the same SSRC (if it was reused).
+    last_sender: LastSender,
     /// Set once the egress runs (after the answer); until then packets are not forwarded.
     started: bool,
 }
@@ -244,6 +249,8 @@ struct MemberMedia {
     wanted: BTreeMap<TrackId, Arc<PublishedTrack>>,
     /// What the subscribe connection carries (or is being negotiated to carry).
     forwarding: BTreeMap<TrackId, DownTrack>,
+    /// The subscribe connection's SSRCs.
+    ssrcs: SsrcPool<RTCRtpSenderId>,
     /// When the outstanding subscribe offer was sent; `None` when none is outstanding.
     offer_sent_at: Option<Instant>,
     /// The wanted set changed while an offer was outstanding.
@@ -612,16 +619,12 @@ impl MemberMedia {
         };
         let (pc, transport) = (conn.pc.clone(), conn.transport.clone());
         self.subscribe_refused = false;
-        for id in gone {
-            if let Some(down) = self.forwarding.remove(&id) {
-                down.source.remove_subscriber(&member);
-                if let Err(e) = pc.remove_track(&down.sender).await {
-                    warn!(track = %id, error = %e, "remove_track failed");
-                }
-            }
-        }
+        // New tracks first, so that none takes a transceiver freed in this same offer: the
+        // subscriber sees a section stop, then (in a later offer) start again with a new
+        // track, which browsers announce as a new track; a section switching tracks in one
+        // offer would not be.
         for source in new {
-            let ssrc = random_ssrc();
+            let lease = self.ssrcs.lease(source.kind, random_ssrc);
             let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
                 // The msid stream id is the publisher's member id: clients map tracks to tiles.
                 source.publisher.to_string(),
@@ -630,7 +633,7 @@ impl MemberMedia {
                 source.kind,
                 vec![RTCRtpEncodingParameters {
                     rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
+                        ssrc: Some(lease.ssrc),
                         ..Default::default()
                     },
                     codec: source.codec.clone(),
@@ -639,18 +642,37 @@ impl MemberMedia {
             )));
             match pc.add_track(local.clone() as Arc<dyn TrackLocal>).await {
                 Ok(sender) => {
+                    self.ssrcs.placed(sender.id());
                     self.forwarding.insert(
                         source.id,
                         DownTrack {
                             source,
                             local,
                             sender,
-                            ssrc,
+                            ssrc: lease.ssrc,
+                            last_sender: lease.last_sender,
                             started: false,
                         },
                     );
                 }
-                Err(e) => warn!(track = %source.id, error = %e, "add_track failed"),
+                Err(e) => {
+                    warn!(track = %source.id, error = %e, "add_track failed");
+                    self.ssrcs.unplaced(source.kind, lease);
+                }
+            }
+        }
+        for id in gone {
+            if let Some(down) = self.forwarding.remove(&id) {
+                down.source.remove_subscriber(&member);
+                if let Err(e) = pc.remove_track(&down.sender).await {
+                    warn!(track = %id, error = %e, "remove_track failed");
+                }
+                self.ssrcs.release(
+                    down.source.kind,
+                    down.ssrc,
+                    down.sender.id(),
+                    down.last_sender,
+                );
             }
         }
         let offer = match pc.create_offer(None).await {
@@ -688,6 +710,7 @@ impl MemberMedia {
             return self.reply_error(tag, format!("`sdp`: answer refused: {e}"));
         }
         flush_candidates(conn).await;
+        self.ssrcs.offer_answered();
         if let Some(sent) = self.offer_sent_at.take() {
             self.ctx
                 .metrics
@@ -727,21 +750,32 @@ impl MemberMedia {
                 refused.push(*id);
                 continue;
             };
+            let clock_rate = down.source.codec.clock_rate;
+            let munger = match down.last_sender.take() {
+                // Leased only once ended: this does not wait.
+                Some(last) => match last.await {
+                    Ok(mut munger) => {
+                        munger.continue_with(negotiated.payload_type, clock_rate);
+                        munger
+                    }
+                    Err(e) => {
+                        warn!(track = %id, error = %e, "previous sender on this SSRC failed");
+                        RtpMunger::new(down.ssrc, negotiated.payload_type, clock_rate)
+                    }
+                },
+                None => RtpMunger::new(down.ssrc, negotiated.payload_type, clock_rate),
+            };
             let (queue_tx, queue_rx) = mpsc::channel(SUBSCRIBER_QUEUE_LEN);
             let egress = Egress {
                 local: down.local.clone(),
-                munger: RtpMunger::new(
-                    down.ssrc,
-                    negotiated.payload_type,
-                    down.source.codec.clock_rate,
-                ),
+                munger,
                 queue_rx,
                 source: Arc::downgrade(&down.source),
                 metrics: self.ctx.metrics.clone(),
                 connected: self.subscriber_connected.clone(),
                 first_video: down.source.is_video().then(|| self.first_video.clone()),
             };
-            tokio::spawn(egress.run().in_current_span());
+            down.last_sender = Some(tokio::spawn(egress.run().in_current_span()));
             down.source.add_subscriber(&self.member, queue_tx);
             // Before the connection is up nothing can be sent; the Connected event asks then,
             // and an early request would only hold the next one back by the throttle.
@@ -858,16 +892,6 @@ fn kind_str(kind: RtpCodecKind) -> &'static str {
         RtpCodecKind::Video => "video",
         _ => "audio",
     }
-}
-
-/// A non-zero SSRC, unpredictable enough to not collide within one connection.
-fn random_ssrc() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    (h.finish() as u32).max(1)
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

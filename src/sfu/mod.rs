@@ -16,6 +16,7 @@ pub mod forwarder;
 pub mod member;
 pub mod peer;
 pub mod room;
+pub mod ssrc_pool;
 pub mod track;
 pub mod track_stats;
 pub mod transport;

@@ -1,6 +1,8 @@
 // Browser test: real media through the SFU. Three people (one headless Chromium, three contexts,
 // fake camera and microphone) join one room by link; each must see and hear the other two, see a
-// camera turned off within 3 s, and see a member who left disappear within 3 s.
+// camera turned off within 3 s, and see a member who left disappear within 3 s. Then two more
+// come and go one after the other, so that the server reuses the departed tracks' SSRCs, and the
+// two who stayed must see and hear each newcomer.
 //
 //   unshare -n bash -c 'ip link set lo up && YOOM_BIN=../../target/debug/yoom node --test media_room.test.mjs'
 //
@@ -22,7 +24,7 @@ import {
   SCREENSHOT_DIR, WAIT_MS, eventually, openPerson,
 } from './harness.mjs';
 
-const TEST_MS = 110_000;
+const TEST_MS = 150_000;
 const ROOM = 'media';
 const PEOPLE = ['ann', 'bob', 'cat'];
 const JOIN_MS = 15_000; // link → room view with three tiles
@@ -113,7 +115,12 @@ async function snapshot(page) {
         if (s.type === 'inbound-rtp' && s.trackIdentifier) {
           inbound[s.trackIdentifier] = {
             kind: s.kind,
+            ssrc: s.ssrc,
+            mid: s.mid,
             framesDecoded: s.framesDecoded ?? 0,
+            framesReceived: s.framesReceived ?? 0,
+            keyFramesDecoded: s.keyFramesDecoded ?? 0,
+            pliCount: s.pliCount ?? 0,
             packetsReceived: s.packetsReceived ?? 0,
           };
         }
@@ -168,7 +175,7 @@ function mediaProblems(snap, others) {
   }
   for (const tile of remote) {
     const who = `tile ${tile.name}`;
-    if (!(tile.videoWidth > 0 && tile.videoHeight > 0)) problems.push(`${who}: video ${tile.videoWidth}x${tile.videoHeight}`);
+    if (!(tile.videoWidth > 0 && tile.videoHeight > 0)) problems.push(`${who}: video ${tile.videoWidth}x${tile.videoHeight} (inbound ${JSON.stringify(snap.inbound[tile.videoTrack?.id])})`);
     if (!tile.hasVideo) problems.push(`${who}: not showing video`);
     if (!tile.videoPlaying) problems.push(`${who}: <video> paused`);
     if (!tile.audioPlaying) problems.push(`${who}: <audio> paused`);
@@ -328,6 +335,14 @@ async function mediaRoom() {
   assert.equal(await bob.locator('[data-testid="camera-toggle"]').getAttribute('aria-pressed'), 'false', "bob's camera button shows the camera as on");
   step(`bob's camera on again after ${JSON.stringify(camOnSeen)} ms`);
 
+  // What ann receives cat's tracks with, to see them reused for the next person (step 5).
+  const annSnap = await snapshot(ann);
+  const catTile = annSnap.tiles.find((t) => t.id === ids.cat);
+  const catSsrcs = {
+    video: annSnap.inbound[catTile.videoTrack.id].ssrc,
+    audio: annSnap.inbound[catTile.audioTracks[0].id].ssrc,
+  };
+
   // 4. cat leaves: her tile disappears from ann's and bob's pages within 3 s of the click.
   const leftAt = Date.now();
   await cat.locator('[data-testid="leave-button"]').click();
@@ -355,7 +370,48 @@ async function mediaRoom() {
   }
   step('ann and bob still receive each other after the re-offer');
 
-  for (const name of PEOPLE) {
+  // 5. dan joins and leaves, then eve joins. The server reuses freed SSRCs (so a member who stays
+  // does not pile up per-SSRC state), but never on the transceiver that carried them last: dan's
+  // tracks take cat's transceivers with new SSRCs, and eve's take the same transceivers with cat's
+  // SSRCs back, continuing their numbering. ann and bob must decode and show both.
+  const inboundOf = (snap, id) => {
+    const tile = snap.tiles.find((t) => t.id === id);
+    return { video: snap.inbound[tile.videoTrack.id].ssrc, audio: snap.inbound[tile.audioTracks[0].id].ssrc };
+  };
+  const arrives = async (name) => {
+    pages[name] = await openPerson(env.browser, name, `${env.server.url}/?room=${ROOM}&name=${name}`, { pageErrors, initScript: spy });
+    await pages[name].locator('[data-testid="room-view"]').waitFor({ state: 'visible', timeout: JOIN_MS });
+    await eventually(async () => (await pages[name].locator('[data-testid="video-tile"]').count()) === 3, `${name} to show three tiles`, JOIN_MS);
+    ids[name] = await pages[name].locator('[data-testid="video-tile"][data-self="true"]').getAttribute('data-member-id');
+    byId[ids[name]] = name;
+    const present = ['ann', 'bob', name];
+    for (const who of present) {
+      let problems = [];
+      await eventually(async () => {
+        problems = mediaProblems(await snapshot(pages[who]), othersOf(who, present));
+        return problems.length === 0;
+      }, () => `${who} to show live media from ${othersOf(who, present).map((id) => byId[id])}: ${problems.join('; ')}`, MEDIA_UP_MS, 250);
+      await mediaKeepsFlowing(pages[who], who, othersOf(who, present));
+    }
+    return inboundOf(await snapshot(ann), ids[name]);
+  };
+  const danSsrcs = await arrives('dan');
+  assert.notEqual(danSsrcs.video, catSsrcs.video, "dan's video is not on the SSRC cat's transceiver carried last");
+  step(`dan seen and heard by ann and bob (SSRCs ${JSON.stringify(danSsrcs)}, cat had ${JSON.stringify(catSsrcs)})`);
+  await pages.dan.locator('[data-testid="leave-button"]').click();
+  await allWithin({ ann, bob }, Date.now(), "to drop dan's tile", (tiles) => tiles.length === 2 && !tiles.some((t) => t.id === ids.dan));
+  for (const name of ['ann', 'bob']) {
+    let problems = [];
+    await eventually(async () => {
+      problems = mediaProblems(await snapshot(pages[name]), othersOf(name, ['ann', 'bob']));
+      return problems.length === 0;
+    }, () => `${name} to receive only ${othersOf(name, ['ann', 'bob']).map((id) => byId[id])} after dan left: ${problems.join('; ')}`, RENEGOTIATE_MS, 250);
+  }
+  const eveSsrcs = await arrives('eve');
+  assert.deepEqual(eveSsrcs, catSsrcs, "ann receives eve's tracks on the SSRCs cat's came on");
+  step(`eve seen and heard by ann and bob on cat's SSRCs ${JSON.stringify(eveSsrcs)}`);
+
+  for (const name of [...PEOPLE, 'dan', 'eve']) {
     const { errorToasts } = await snapshot(pages[name]);
     assert.deepEqual(errorToasts, [], `${name} saw no error toasts`);
   }

@@ -49,6 +49,7 @@ pub struct Received {
     pub payload_types: Vec<u8>,
     pub corrupt: u64,
     pub first_at: Option<Instant>,
+    pub first_seq: Option<u16>,
     pub last_seq: u16,
     pub last_ssrc: u32,
 }
@@ -614,6 +615,7 @@ async fn read_track(
             let entry = r.entry(key.clone()).or_default();
             entry.packets += 1;
             entry.first_at.get_or_insert_with(Instant::now);
+            entry.first_seq.get_or_insert(pkt.header.sequence_number);
             entry.last_seq = pkt.header.sequence_number;
             entry.last_ssrc = pkt.header.ssrc;
             if entry.ssrcs.last() != Some(&pkt.header.ssrc) {
