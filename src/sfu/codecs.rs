@@ -25,6 +25,8 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::sansio::Protocol;
 use webrtc::peer_connection::{register_default_interceptors, MediaEngine, Registry};
 
+use crate::sfu::report_ssrc::ReportSsrc;
+use crate::sfu::ssrc_pool::random_ssrc;
 use crate::sfu::wire_stats::WireStats;
 
 fn video_feedback() -> Vec<RTCPFeedback> {
@@ -124,6 +126,8 @@ pub enum MediaDirection {
 /// Slot of [`crate::sfu::wire_stats::WireStats`]: below every default interceptor (the lowest
 /// is congestion control at 1,000), so it sees exactly what crosses the wire.
 const WIRE_STATS_SLOT: usize = 100;
+/// Slot of [`ReportSsrc`]: below the receiver-report interceptor, above the wire statistics.
+const REPORT_SSRC_SLOT: usize = 200;
 
 pub fn media_engine_and_interceptors(
     direction: MediaDirection,
@@ -155,6 +159,12 @@ pub fn media_engine_and_interceptors(
         MediaDirection::ReceiveOnly => registry,
         // The application-most slot (the default chain ends at 11_000).
         _ => registry.with(Slot::from(14_000), KeyframeRequestForwarder::default()),
+    };
+    let registry = match direction {
+        // Nothing to report from on a send-only connection (and one interceptor fewer on the
+        // per-packet path).
+        MediaDirection::SendOnly => registry,
+        _ => registry.with(Slot::from(REPORT_SSRC_SLOT), ReportSsrc::new(random_ssrc())),
     };
     let registry = match wire_stats {
         Some(stats) => registry.with(Slot::from(WIRE_STATS_SLOT), stats),

@@ -15,6 +15,7 @@ pub mod egress;
 pub mod forwarder;
 pub mod member;
 pub mod peer;
+pub mod report_ssrc;
 pub mod room;
 pub mod ssrc_pool;
 pub mod track;
