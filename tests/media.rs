@@ -334,6 +334,58 @@ async fn a_staying_subscriber_gets_freed_ssrcs_reused_with_continuous_numbering(
     assert_eq!(reused, 8, "cycles 2–5 reuse both SSRCs: {used:?}");
 }
 
+/// A client that lost the subscribe offer is sent the same offer again (after the server's
+/// 10 s answer timeout), and media flows once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_subscribe_offer_is_sent_again() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    let mut publisher = MediaPeer::join(&url, "r", "pub").await;
+    publisher.publish(50).await;
+    let cfg = PeerConfig {
+        ignore_offers: 1,
+        ..PeerConfig::default()
+    };
+    let sub = MediaPeer::join_with(&url, "r", "forgetful", cfg).await;
+    let wait_offers = |n: usize, within: Duration| {
+        let offers = sub.offers_received.clone();
+        async move {
+            let deadline = Instant::now() + within;
+            while offers.load(Ordering::SeqCst) < n {
+                assert!(Instant::now() < deadline, "no offer #{n} within {within:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_offers(1, Duration::from_secs(5)).await;
+    let first = sub.last_offer_sdp.lock().unwrap().clone();
+    let lost_at = Instant::now();
+    wait_offers(2, Duration::from_secs(15)).await;
+    let again = lost_at.elapsed();
+    assert!(
+        again >= Duration::from_secs(8),
+        "offered again after only {again:?}"
+    );
+    // The same offer (same session version); it now carries the candidates gathered since.
+    let without_candidates = |sdp: &str| {
+        sdp.lines()
+            .filter(|l| !l.starts_with("a=candidate") && !l.starts_with("a=end-of-candidates"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        without_candidates(&sub.last_offer_sdp.lock().unwrap()),
+        without_candidates(&first),
+        "the same offer again"
+    );
+    sub.wait_received(&video(&publisher), Duration::from_secs(10), |r| {
+        r.packets > 5
+    })
+    .await;
+    assert_eq!(sub.offers_received.load(Ordering::SeqCst), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_publishers_is_coalesced_into_few_offers() {
     let _serial = ONE_AT_A_TIME.lock().await;

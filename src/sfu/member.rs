@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::sdp::RTCSdpType;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -295,8 +296,7 @@ impl MemberMedia {
                 _ = tick.tick() => {
                     if self.offer_sent_at.is_some_and(|t| t.elapsed() > ANSWER_TIMEOUT) {
                         warn!("no answer to the subscribe offer, offering again");
-                        self.offer_sent_at = None;
-                        self.negotiate().await;
+                        self.resend_offer().await;
                     }
                 }
             }
@@ -688,6 +688,28 @@ impl MemberMedia {
                 role: Role::Subscribe,
                 sdp: transport.announce_sdp(&local.sdp),
             });
+        }
+    }
+
+    /// Sends the outstanding subscribe offer again (the client may have lost it); changes
+    /// since still ride on the next offer, after this one is answered.
+    async fn resend_offer(&mut self) {
+        let local = match &self.subscribe {
+            Some(conn) => conn.pc.local_description().await,
+            None => None,
+        };
+        match (local, &self.subscribe) {
+            (Some(local), Some(conn)) if local.sdp_type == RTCSdpType::Offer => {
+                self.offer_sent_at = Some(Instant::now());
+                self.signal(MediaSignal::Offer {
+                    role: Role::Subscribe,
+                    sdp: conn.transport.announce_sdp(&local.sdp),
+                });
+            }
+            _ => {
+                self.offer_sent_at = None;
+                self.negotiate().await;
+            }
         }
     }
 

@@ -94,6 +94,8 @@ pub struct PeerConfig {
     /// Route the subscribe connection through a relay (lossless unless `subscribe_drop_every`
     /// is set) whose `subscribe_blackout` switch cuts it.
     pub subscribe_relay: bool,
+    /// Subscribe offers to drop unanswered (as a client that lost them would).
+    pub ignore_offers: usize,
 }
 
 impl Default for PeerConfig {
@@ -102,6 +104,7 @@ impl Default for PeerConfig {
             answer_delay: Duration::ZERO,
             subscribe_drop_every: None,
             subscribe_relay: false,
+            ignore_offers: 0,
         }
     }
 }
@@ -203,6 +206,7 @@ impl MediaPeer {
             let mut relay: Option<LossyRelay> = None;
             let drop_every = cfg.subscribe_drop_every;
             let relayed = cfg.subscribe_relay || drop_every.is_some();
+            let mut to_ignore = cfg.ignore_offers;
             loop {
                 tokio::select! {
                     frame = ws_rx.next() => {
@@ -248,6 +252,10 @@ impl MediaPeer {
                                     sdp = lines.join("\r\n");
                                 }
                                 *last_offer.lock().unwrap() = sdp.clone();
+                                if to_ignore > 0 {
+                                    to_ignore -= 1;
+                                    continue;
+                                }
                                 if !cfg.answer_delay.is_zero() {
                                     tokio::time::sleep(cfg.answer_delay).await;
                                 }
