@@ -8,7 +8,7 @@
 //
 // Run it inside a loopback-only network namespace (shared/LAB.md): Chromium then gathers only
 // 127.0.0.1 candidates (thanks to --allow-loopback-in-peer-connection) and nothing leaves the machine.
-// Env: YOOM_BIN (required), SCREENSHOT_DIR (room-3-people.png goes there), CHROMIUM; see harness.mjs.
+// Env: YOOM_BIN (required), SCREENSHOT_DIR (room-3-people.png, room-after-churn.png go there), CHROMIUM; see harness.mjs.
 //
 // How media is observed, without any hook in the app: an init script wraps RTCPeerConnection so
 // the test can find each page's subscribe connection (the one whose remote description is the
@@ -410,6 +410,8 @@ async function mediaRoom() {
   const eveSsrcs = await arrives('eve');
   assert.deepEqual(eveSsrcs, catSsrcs, "ann receives eve's tracks on the SSRCs cat's came on");
   step(`eve seen and heard by ann and bob on cat's SSRCs ${JSON.stringify(eveSsrcs)}`);
+  await eventually(async () => (await snapshot(ann)).tiles.every((t) => t.hasVideo && t.videoWidth > 0), "all three of ann's tiles to show video after eve joined");
+  await ann.screenshot({ path: path.join(SCREENSHOT_DIR, 'room-after-churn.png'), timeout: WAIT_MS });
 
   for (const name of [...PEOPLE, 'dan', 'eve']) {
     const { errorToasts } = await snapshot(pages[name]);
