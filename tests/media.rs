@@ -386,6 +386,50 @@ async fn an_unanswered_subscribe_offer_is_sent_again() {
     assert_eq!(sub.offers_received.load(Ordering::SeqCst), 2);
 }
 
+/// Moves the first section's `a=mid` line to the session level.
+fn mid_moved_to_session(sdp: &str) -> String {
+    let mut lines: Vec<&str> = sdp.split("\r\n").collect();
+    if let Some(i) = lines.iter().position(|l| l.starts_with("a=mid:")) {
+        let mid = lines.remove(i);
+        let t = lines.iter().position(|l| l.starts_with("t=")).unwrap();
+        lines.insert(t + 1, mid);
+    }
+    lines.join("\r\n")
+}
+
+/// Waits for `member` to be told why, then to leave with `media_failed`.
+async fn wait_media_failed(member: &mut MediaPeer, why: &str) {
+    let error = member.recv_type("error").await;
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(message.contains(why), "{error}");
+    let left = member.recv_type("left").await;
+    assert_eq!(left["reason"], "media_failed", "{left}");
+}
+
+/// A subscribe answer webrtc-rs refuses half-way through (a section without `a=mid`, found by
+/// tests/parser_fuzz.rs) also drops the server's offer, after which nothing can be negotiated
+/// on that connection: the member is told why and leaves with `media_failed` (its client can
+/// join again) instead of waiting forever; the publisher and other subscribers carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_answer_refused_half_way_fails_only_that_members_media() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    let mut publisher = MediaPeer::join(&url, "r", "pub").await;
+    publisher.publish(50).await;
+    let fine = MediaPeer::join(&url, "r", "fine").await;
+    let cfg = PeerConfig {
+        tamper_first_answer: Some(mid_moved_to_session),
+        ..PeerConfig::default()
+    };
+    let mut sloppy = MediaPeer::join_with(&url, "r", "sloppy", cfg).await;
+    wait_media_failed(&mut sloppy, "answer refused").await;
+    fine.wait_received(&video(&publisher), Duration::from_secs(10), |r| {
+        r.packets > 5
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_publishers_is_coalesced_into_few_offers() {
     let _serial = ONE_AT_A_TIME.lock().await;

@@ -5,12 +5,16 @@
 
 use std::time::Instant;
 
+use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
-use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
 use serde_json::{json, Map, Value};
 use yoom::protocol::{parse_client_message, ClientMessage, ErrorCode, MAX_FRAME_BYTES};
-use yoom::sfu::codecs::{media_engine_and_interceptors, MediaDirection};
+use yoom::sfu::codecs::{media_engine_and_interceptors, supported_codecs, MediaDirection};
 use yoom::sfu::member::{check_candidate, check_publish_offer};
 
 /// The cargo-fuzz seed corpus, shared.
@@ -423,4 +427,130 @@ fn mutated_sdp_offers_are_answered_or_refused_without_panicking() {
         }
         handle_publish_offer(&(lines.join("\r\n") + "\r\n"));
     }
+}
+
+fn sans_io_connection(direction: MediaDirection) -> RTCPeerConnection {
+    let (engine, registry) = media_engine_and_interceptors(direction, None).unwrap();
+    RTCPeerConnectionBuilder::new()
+        .with_media_engine(engine)
+        .with_interceptor_registry(registry)
+        .build(Instant::now())
+        .unwrap()
+}
+
+/// A server subscribe connection as `MemberMedia::negotiate` sets it up (send-only, one
+/// forwarded audio and one video track with their own SSRCs), with its offer made.
+fn subscribe_connection() -> RTCPeerConnection {
+    let mut pc = sans_io_connection(MediaDirection::SendOnly);
+    let codecs = supported_codecs();
+    for (i, kind) in [RtpCodecKind::Audio, RtpCodecKind::Video]
+        .into_iter()
+        .enumerate()
+    {
+        let codec = codecs
+            .iter()
+            .find(|(_, k)| *k == kind)
+            .map(|(c, _)| c.rtp_codec.clone())
+            .unwrap();
+        pc.add_track(MediaStreamTrack::new(
+            "publisher".into(),
+            format!("track-{i}"),
+            format!("publisher-{i}"),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(1000 + i as u32),
+                    ..Default::default()
+                },
+                codec,
+                ..Default::default()
+            }],
+        ))
+        .unwrap();
+    }
+    offer(&mut pc).unwrap();
+    pc
+}
+
+fn offer(pc: &mut RTCPeerConnection) -> Result<(), rtc::shared::error::Error> {
+    let offer = pc.create_offer(None)?;
+    pc.set_local_description(Instant::now(), offer)
+}
+
+/// What a client (webrtc-rs, the load tool's and tests' peer) answers to `offer`.
+fn client_answer(offer: RTCSessionDescription) -> String {
+    let mut client = sans_io_connection(MediaDirection::Both);
+    client
+        .set_remote_description(Instant::now(), offer)
+        .unwrap();
+    let answer = client.create_answer(None).unwrap();
+    client
+        .set_local_description(Instant::now(), answer.clone())
+        .unwrap();
+    answer.sdp
+}
+
+/// Mutated subscribe answers, applied the way `MemberMedia::on_subscribe_answer` does, to one
+/// long-lived subscribe connection: each is refused or applied, never a panic. As on the
+/// server, an applied answer is followed by a re-offer; so is a refused one that webrtc-rs
+/// dropped the offer for anyway (it can fail half-way through, e.g. on a section without
+/// `a=mid`); a connection that then cannot offer (it kept an `a=extmap:0` from the refused
+/// answer) is replaced, as the server fails that member's media and the client joins again.
+#[test]
+fn mutated_subscribe_answers_are_applied_or_refused_without_panicking() {
+    let mut server = subscribe_connection();
+    let seed = client_answer(server.pending_local_description().unwrap());
+    let seed_lines: Vec<String> = seed
+        .split("\r\n")
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let (mut applied, mut refused, mut offer_dropped, mut poisoned) = (0, 0, 0, 0);
+    for _ in 0..300 {
+        let mut lines = seed_lines.clone();
+        for _ in 0..=rng.below(4) {
+            mutate_sdp(&mut rng, &mut lines);
+        }
+        let Ok(answer) = RTCSessionDescription::answer(lines.join("\r\n") + "\r\n") else {
+            refused += 1;
+            continue;
+        };
+        match server.set_remote_description(Instant::now(), answer) {
+            Ok(()) => {
+                applied += 1;
+                if offer(&mut server).is_err() {
+                    poisoned += 1;
+                    server = subscribe_connection();
+                }
+            }
+            Err(_) => {
+                refused += 1;
+                if server.pending_local_description().is_none() {
+                    offer_dropped += 1;
+                    if offer(&mut server).is_err() {
+                        poisoned += 1;
+                        server = subscribe_connection();
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{applied} applied, {refused} refused ({offer_dropped} dropping the offer), \
+         {poisoned} leaving a connection that cannot offer"
+    );
+    // Both outcomes happened, so the mutations reach past the parser.
+    assert!(
+        applied > 0 && refused > 0,
+        "{applied} applied, {refused} refused"
+    );
+    // And the connection is still good for a real answer.
+    let answer = client_answer(server.pending_local_description().unwrap());
+    server
+        .set_remote_description(
+            Instant::now(),
+            RTCSessionDescription::answer(answer).unwrap(),
+        )
+        .expect("a well-formed answer after 300 mutated ones");
 }

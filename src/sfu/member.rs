@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::sdp::RTCSdpType;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -585,6 +584,16 @@ impl MemberMedia {
     /// Brings the subscribe connection in line with `wanted` and offers, unless an offer is
     /// already outstanding (then the change rides on the next offer).
     async fn negotiate(&mut self) {
+        self.offer_changes(false).await;
+    }
+
+    /// Offers afresh even if no track changed: the last offer was consumed without a usable
+    /// answer.
+    async fn reoffer(&mut self) {
+        self.offer_changes(true).await;
+    }
+
+    async fn offer_changes(&mut self, even_unchanged: bool) {
         if self.offer_sent_at.is_some() {
             self.renegotiate = true;
             return;
@@ -602,7 +611,8 @@ impl MemberMedia {
             .filter(|t| !self.forwarding.contains_key(&t.id))
             .cloned()
             .collect();
-        if gone.is_empty() && new.is_empty() {
+        let unchanged = gone.is_empty() && new.is_empty();
+        if unchanged && !(even_unchanged && self.subscribe.is_some()) {
             return;
         }
         let member = self.member.clone();
@@ -677,10 +687,10 @@ impl MemberMedia {
         }
         let offer = match pc.create_offer(None).await {
             Ok(o) => o,
-            Err(e) => return warn!(error = %e, "create_offer failed"),
+            Err(e) => return self.cannot_offer(e),
         };
         if let Err(e) = pc.set_local_description(offer).await {
-            return warn!(error = %e, "set_local_description(offer) failed");
+            return self.cannot_offer(e);
         }
         if let Some(local) = pc.local_description().await {
             self.offer_sent_at = Some(Instant::now());
@@ -691,15 +701,39 @@ impl MemberMedia {
         }
     }
 
+    /// The subscribe connection cannot make an offer any more (tests/parser_fuzz.rs finds
+    /// webrtc-rs in that state after refusing an answer half-way, keeping an `a=extmap:0`
+    /// from it). Without renegotiation the member would silently stop getting new tracks, so
+    /// its media fails like a lost connection (`left`, `media_failed`).
+    fn cannot_offer(&mut self, error: webrtc::error::Error) {
+        self.report_error(
+            None,
+            MediaErrorKind::BadRequest,
+            format!(
+                "the subscribe connection cannot be renegotiated after your last answer: {error}"
+            ),
+        );
+        self.subscribe_unusable();
+    }
+
+    /// Ends this member's media (`left`, `media_failed`): its subscribe connection can no
+    /// longer be negotiated, and a member without one would silently miss every new track.
+    fn subscribe_unusable(&mut self) {
+        warn!("the subscribe connection cannot be negotiated any more; failing the member's media");
+        self.signal(MediaSignal::Failed {
+            role: Role::Subscribe,
+        });
+    }
+
     /// Sends the outstanding subscribe offer again (the client may have lost it); changes
     /// since still ride on the next offer, after this one is answered.
     async fn resend_offer(&mut self) {
-        let local = match &self.subscribe {
-            Some(conn) => conn.pc.local_description().await,
+        let pending = match &self.subscribe {
+            Some(conn) => conn.pc.pending_local_description().await,
             None => None,
         };
-        match (local, &self.subscribe) {
-            (Some(local), Some(conn)) if local.sdp_type == RTCSdpType::Offer => {
+        match (pending, &self.subscribe) {
+            (Some(local), Some(conn)) => {
                 self.offer_sent_at = Some(Instant::now());
                 self.signal(MediaSignal::Offer {
                     role: Role::Subscribe,
@@ -708,7 +742,7 @@ impl MemberMedia {
             }
             _ => {
                 self.offer_sent_at = None;
-                self.negotiate().await;
+                self.reoffer().await;
             }
         }
     }
@@ -729,7 +763,16 @@ impl MemberMedia {
         };
         let pc = conn.pc.clone();
         if let Err(e) = pc.set_remote_description(answer).await {
-            return self.reply_error(tag, format!("`sdp`: answer refused: {e}"));
+            self.reply_error(tag, format!("`sdp`: answer refused: {e}"));
+            // webrtc-rs can fail half-way through an answer and drop the offer all the same
+            // (found by tests/parser_fuzz.rs: a section without `a=mid`). No later answer can
+            // be applied then, and media does not flow after a fresh offer on that connection
+            // either (tried in tests/media.rs), so it fails like a lost connection.
+            if pc.pending_local_description().await.is_none() {
+                self.offer_sent_at = None;
+                self.subscribe_unusable();
+            }
+            return;
         }
         flush_candidates(conn).await;
         self.ssrcs.offer_answered();

@@ -96,6 +96,9 @@ pub struct PeerConfig {
     pub subscribe_relay: bool,
     /// Subscribe offers to drop unanswered (as a client that lost them would).
     pub ignore_offers: usize,
+    /// Rewrites the first subscribe answer before it is sent (the peer itself applies the
+    /// real one), as a buggy client would.
+    pub tamper_first_answer: Option<fn(&str) -> String>,
 }
 
 impl Default for PeerConfig {
@@ -105,6 +108,7 @@ impl Default for PeerConfig {
             subscribe_drop_every: None,
             subscribe_relay: false,
             ignore_offers: 0,
+            tamper_first_answer: None,
         }
     }
 }
@@ -207,6 +211,7 @@ impl MediaPeer {
             let drop_every = cfg.subscribe_drop_every;
             let relayed = cfg.subscribe_relay || drop_every.is_some();
             let mut to_ignore = cfg.ignore_offers;
+            let mut tamper = cfg.tamper_first_answer;
             loop {
                 tokio::select! {
                     frame = ws_rx.next() => {
@@ -285,6 +290,9 @@ impl MediaPeer {
                                         .filter(|l| !l.starts_with("a=candidate:"))
                                         .collect::<Vec<_>>()
                                         .join("\r\n");
+                                }
+                                if let Some(tamper) = tamper.take() {
+                                    answer_sdp = tamper(&answer_sdp);
                                 }
                                 let _ = out.send(json!({"type":"answer","pc":"subscribe","sdp":answer_sdp}));
                                 let _ = msg_tx.send(json!({"type":"offer","pc":"subscribe"}));
