@@ -230,8 +230,9 @@ struct DownTrack {
     /// The task whose end gives this SSRC's numbering so far: this track's egress once it
     /// runs, before that the previous track's on the same SSRC (if it was reused).
     last_sender: LastSender,
-    /// Set once the egress runs (after the answer); until then packets are not forwarded.
-    started: bool,
+    /// Set once the answer decided: the egress runs, or the subscriber cannot decode the
+    /// codec and the track is skipped for it. Until then packets are not forwarded.
+    settled: bool,
 }
 
 struct MemberMedia {
@@ -661,7 +662,7 @@ impl MemberMedia {
                             sender,
                             ssrc: lease.ssrc,
                             last_sender: lease.last_sender,
-                            started: false,
+                            settled: false,
                         },
                     );
                 }
@@ -792,8 +793,7 @@ impl MemberMedia {
 
     /// Starts forwarding every track whose negotiation just completed.
     async fn start_new_egresses(&mut self) {
-        let mut refused = Vec::new();
-        for (id, down) in self.forwarding.iter_mut().filter(|(_, d)| !d.started) {
+        for (id, down) in self.forwarding.iter_mut().filter(|(_, d)| !d.settled) {
             let params = match down.sender.get_parameters().await {
                 Ok(p) => p,
                 Err(e) => {
@@ -812,7 +812,9 @@ impl MemberMedia {
                     codec = %down.source.codec.mime_type,
                     "subscriber cannot decode this codec; track skipped for it"
                 );
-                refused.push(*id);
+                // It stays in `forwarding` (negotiated as inactive) so it is not offered again
+                // and again; it leaves with its publisher.
+                down.settled = true;
                 continue;
             };
             let clock_rate = down.source.codec.clock_rate;
@@ -847,16 +849,13 @@ impl MemberMedia {
             if self.subscriber_connected.load(Ordering::Relaxed) {
                 down.source.request_keyframe(KeyframeReason::NewSubscriber);
             }
-            down.started = true;
+            down.settled = true;
             self.ctx
                 .metrics
                 .track_subscribed_total
                 .with_label_values(&[kind_str(down.source.kind)])
                 .inc();
         }
-        // A refused track stays in `forwarding` (negotiated as inactive) so it is not offered
-        // again and again; it leaves with its publisher.
-        let _ = refused;
     }
 
     async fn shut_down(&mut self) {
