@@ -3,9 +3,9 @@
 //! webrtc-rs' receiver-report interceptor gives every remote stream a random reporter SSRC of
 //! its own. The peer's SRTCP layer keeps replay state per SSRC it ever received RTCP from,
 //! for the connection's life, so a member who stays while others come and go would cost its
-//! peer (a Yoom server, or a browser) one more entry per track it was ever sent. Browsers
-//! report from one SSRC per connection; so does Yoom, server and client side (load tool,
-//! tests), by rewriting the reports' sender SSRC on the way out.
+//! peer one more entry per track it was ever sent (measured on the server with webrtc-rs
+//! clients). Yoom, server and client side (load tool, tests), reports from one SSRC per
+//! connection instead, by rewriting the reports' sender SSRC on the way out.
 
 use std::collections::VecDeque;
 use std::time::Instant;
