@@ -63,7 +63,6 @@ fn clock_ticks_per_second() -> f64 {
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
 
     #[test]

@@ -131,28 +131,6 @@ fn drain(peer: &mut MediaPeer) -> Vec<Value> {
     out
 }
 
-/// Waits until a subscribe offer newer than the `offers_before`-th sends nothing and does not
-/// mention `gone`'s stream: its tracks were withdrawn by a re-offer.
-async fn wait_offer_without(peer: &MediaPeer, offers_before: usize, gone: &str) {
-    let sends = |sdp: &str| {
-        sdp.lines()
-            .any(|l| l.starts_with("a=sendonly") || l.starts_with("a=sendrecv"))
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let sdp = peer.last_offer_sdp.lock().unwrap().clone();
-        if peer.offers_received.load(Ordering::SeqCst) > offers_before && !sends(&sdp) {
-            assert!(!sdp.contains(&format!("a=msid:{gone} ")), "{sdp}");
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{gone}'s tracks are still offered:\n{sdp}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn env_count(name: &str, default: usize) -> usize {
     match std::env::var(name) {
         Ok(v) => v
@@ -361,7 +339,7 @@ async fn a_publisher_process_killed_with_sigkill_is_removed_and_its_tracks_withd
     .await;
     let left_after = killed_at.elapsed();
     assert_eq!(left["id"], pub_id.as_str());
-    wait_offer_without(&watcher, offers, &pub_id).await;
+    watcher.wait_offer_without(offers, &pub_id).await;
     let withdrawn_after = killed_at.elapsed();
     // The watcher keeps its (now empty) subscribe connection; the publisher's connection, its
     // ingress tasks and the watcher's egress tasks are gone.

@@ -5,17 +5,16 @@
 
 use std::time::Instant;
 
-use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
 use serde_json::{json, Map, Value};
 use yoom::protocol::{parse_client_message, ClientMessage, ErrorCode, MAX_FRAME_BYTES};
-use yoom::sfu::codecs::{media_engine_and_interceptors, supported_codecs, MediaDirection};
+use yoom::sfu::codecs::MediaDirection;
 use yoom::sfu::member::{check_candidate, check_publish_offer};
+
+#[path = "../fuzz/harness/sdp.rs"]
+mod harness;
+use harness::{offer, sans_io_connection, subscribe_connection};
 
 /// The cargo-fuzz seed corpus, shared.
 const MESSAGE_SEEDS: &[&str] = &[
@@ -394,13 +393,7 @@ fn handle_publish_offer(sdp: &str) {
         assert!(e.chars().count() <= 500, "{e}");
         return;
     }
-    let (engine, registry) =
-        media_engine_and_interceptors(MediaDirection::ReceiveOnly, None).unwrap();
-    let mut pc = RTCPeerConnectionBuilder::new()
-        .with_media_engine(engine)
-        .with_interceptor_registry(registry)
-        .build(Instant::now())
-        .unwrap();
+    let mut pc = sans_io_connection(MediaDirection::ReceiveOnly);
     if pc.set_remote_description(Instant::now(), offer).is_err() {
         return;
     }
@@ -427,54 +420,6 @@ fn mutated_sdp_offers_are_answered_or_refused_without_panicking() {
         }
         handle_publish_offer(&(lines.join("\r\n") + "\r\n"));
     }
-}
-
-fn sans_io_connection(direction: MediaDirection) -> RTCPeerConnection {
-    let (engine, registry) = media_engine_and_interceptors(direction, None).unwrap();
-    RTCPeerConnectionBuilder::new()
-        .with_media_engine(engine)
-        .with_interceptor_registry(registry)
-        .build(Instant::now())
-        .unwrap()
-}
-
-/// A server subscribe connection as `MemberMedia::negotiate` sets it up (send-only, one
-/// forwarded audio and one video track with their own SSRCs), with its offer made.
-fn subscribe_connection() -> RTCPeerConnection {
-    let mut pc = sans_io_connection(MediaDirection::SendOnly);
-    let codecs = supported_codecs();
-    for (i, kind) in [RtpCodecKind::Audio, RtpCodecKind::Video]
-        .into_iter()
-        .enumerate()
-    {
-        let codec = codecs
-            .iter()
-            .find(|(_, k)| *k == kind)
-            .map(|(c, _)| c.rtp_codec.clone())
-            .unwrap();
-        pc.add_track(MediaStreamTrack::new(
-            "publisher".into(),
-            format!("track-{i}"),
-            format!("publisher-{i}"),
-            kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(1000 + i as u32),
-                    ..Default::default()
-                },
-                codec,
-                ..Default::default()
-            }],
-        ))
-        .unwrap();
-    }
-    offer(&mut pc).unwrap();
-    pc
-}
-
-fn offer(pc: &mut RTCPeerConnection) -> Result<(), rtc::shared::error::Error> {
-    let offer = pc.create_offer(None)?;
-    pc.set_local_description(Instant::now(), offer)
 }
 
 /// What a client (webrtc-rs, the load tool's and tests' peer) answers to `offer`.

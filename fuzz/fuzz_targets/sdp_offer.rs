@@ -9,9 +9,11 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::RTCPeerConnectionBuilder;
-use yoom::sfu::codecs::{media_engine_and_interceptors, MediaDirection};
+use yoom::sfu::codecs::MediaDirection;
 use yoom::sfu::member::check_publish_offer;
+
+#[path = "../harness/sdp.rs"]
+mod harness;
 
 fuzz_target!(|data: &[u8]| {
     // The SDP arrives as a JSON string: always UTF-8.
@@ -24,13 +26,7 @@ fuzz_target!(|data: &[u8]| {
     if check_publish_offer(&offer).is_err() {
         return;
     }
-    let (engine, registry) = media_engine_and_interceptors(MediaDirection::ReceiveOnly, None)
-        .expect("the server's media engine builds");
-    let mut pc = RTCPeerConnectionBuilder::new()
-        .with_media_engine(engine)
-        .with_interceptor_registry(registry)
-        .build(Instant::now())
-        .expect("a connection builds");
+    let mut pc = harness::sans_io_connection(MediaDirection::ReceiveOnly);
     if pc.set_remote_description(Instant::now(), offer).is_err() {
         return;
     }

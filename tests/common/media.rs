@@ -471,6 +471,28 @@ impl MediaPeer {
         self.sending.store(true, Ordering::SeqCst);
     }
 
+    /// Waits until a subscribe offer newer than the `offers_before`-th sends nothing and does
+    /// not mention `gone`'s stream: its tracks were withdrawn by a re-offer.
+    pub async fn wait_offer_without(&self, offers_before: usize, gone: &str) {
+        let sends = |sdp: &str| {
+            sdp.lines()
+                .any(|l| l.starts_with("a=sendonly") || l.starts_with("a=sendrecv"))
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let sdp = self.last_offer_sdp.lock().unwrap().clone();
+            if self.offers_received.load(Ordering::SeqCst) > offers_before && !sends(&sdp) {
+                assert!(!sdp.contains(&format!("a=msid:{gone} ")), "{sdp}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{gone}'s tracks are still offered:\n{sdp}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn received(&self, key: &TrackKey) -> Received {
         self.received
             .lock()
