@@ -8,7 +8,7 @@ use std::time::Instant;
 use rtc::rtp;
 
 /// Rewrites packets of one forwarded track for one subscriber.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RtpMunger {
     out_ssrc: u32,
     out_payload_type: u8,

@@ -29,12 +29,12 @@ use crate::ids::{MemberId, RoomId};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::sfu::codecs::MediaDirection;
 use crate::sfu::codecs::{same_codec, supported_codecs};
-use crate::sfu::egress::{Egress, FirstVideo};
+use crate::sfu::egress::{relay_keyframe_requests, Egress, FirstVideo};
 use crate::sfu::forwarder::RtpMunger;
 use crate::sfu::peer::{build_peer_connection, EventForwarder, PeerEvent, PeerOptions};
 use crate::sfu::room::SfuRoom;
-use crate::sfu::ssrc_pool::{random_ssrc, LastSender, SsrcPool};
-use crate::sfu::track::{KeyframeReason, PublishedTrack, TrackId, SUBSCRIBER_QUEUE_LEN};
+use crate::sfu::ssrc_pool::{random_ssrc, SsrcPool};
+use crate::sfu::track::{KeyframeReason, PublishedTrack, TrackId};
 use crate::sfu::transport::{ConnectionTransport, MediaTransport};
 use crate::sfu::wire_stats::{ConnectionStats, Side, WireStatsConfig};
 
@@ -227,9 +227,10 @@ struct DownTrack {
     local: Arc<TrackLocalStaticRTP>,
     sender: Arc<dyn RtpSender>,
     ssrc: u32,
-    /// The task whose end gives this SSRC's numbering so far: this track's egress once it
-    /// runs, before that the previous track's on the same SSRC (if it was reused).
-    last_sender: LastSender,
+    /// This track's egress, once the answer settled it.
+    egress: Option<Arc<Egress>>,
+    /// Until then, the numbering the previous track on this SSRC reached (if it was reused).
+    numbering: Option<RtpMunger>,
     /// Set once the answer decided: the egress runs, or the subscriber cannot decode the
     /// codec and the track is skipped for it. Until then packets are not forwarded.
     settled: bool,
@@ -661,7 +662,8 @@ impl MemberMedia {
                             local,
                             sender,
                             ssrc: lease.ssrc,
-                            last_sender: lease.last_sender,
+                            egress: None,
+                            numbering: lease.numbering,
                             settled: false,
                         },
                     );
@@ -678,12 +680,12 @@ impl MemberMedia {
                 if let Err(e) = pc.remove_track(&down.sender).await {
                     warn!(track = %id, error = %e, "remove_track failed");
                 }
-                self.ssrcs.release(
-                    down.source.kind,
-                    down.ssrc,
-                    down.sender.id(),
-                    down.last_sender,
-                );
+                let numbering = match &down.egress {
+                    Some(egress) => Some(egress.finish()),
+                    None => down.numbering,
+                };
+                self.ssrcs
+                    .release(down.source.kind, down.ssrc, down.sender.id(), numbering);
             }
         }
         let offer = match pc.create_offer(None).await {
@@ -818,32 +820,30 @@ impl MemberMedia {
                 continue;
             };
             let clock_rate = down.source.codec.clock_rate;
-            let munger = match down.last_sender.take() {
-                // Leased only once ended: this does not wait.
-                Some(last) => match last.await {
-                    Ok(mut munger) => {
-                        munger.continue_with(negotiated.payload_type, clock_rate);
-                        munger
-                    }
-                    Err(e) => {
-                        warn!(track = %id, error = %e, "previous sender on this SSRC failed");
-                        RtpMunger::new(down.ssrc, negotiated.payload_type, clock_rate)
-                    }
-                },
+            let munger = match down.numbering.take() {
+                Some(mut munger) => {
+                    munger.continue_with(negotiated.payload_type, clock_rate);
+                    munger
+                }
                 None => RtpMunger::new(down.ssrc, negotiated.payload_type, clock_rate),
             };
-            let (queue_tx, queue_rx) = mpsc::channel(SUBSCRIBER_QUEUE_LEN);
-            let egress = Egress {
-                local: down.local.clone(),
+            let egress = Arc::new(Egress::new(
+                down.local.clone(),
                 munger,
-                queue_rx,
-                source: Arc::downgrade(&down.source),
-                metrics: self.ctx.metrics.clone(),
-                connected: self.subscriber_connected.clone(),
-                first_video: down.source.is_video().then(|| self.first_video.clone()),
-            };
-            down.last_sender = Some(tokio::spawn(egress.run().in_current_span()));
-            down.source.add_subscriber(&self.member, queue_tx);
+                self.subscriber_connected.clone(),
+                self.ctx.metrics.clone(),
+                down.source.is_video().then(|| self.first_video.clone()),
+            ));
+            tokio::spawn(
+                relay_keyframe_requests(
+                    down.local.clone(),
+                    Arc::downgrade(&down.source),
+                    self.ctx.metrics.clone(),
+                )
+                .in_current_span(),
+            );
+            down.source.add_subscriber(&self.member, egress.clone());
+            down.egress = Some(egress);
             // Before the connection is up nothing can be sent; the Connected event asks then,
             // and an early request would only hold the next one back by the throttle.
             if self.subscriber_connected.load(Ordering::Relaxed) {

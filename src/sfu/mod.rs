@@ -2,10 +2,10 @@
 //! signaling layer drives it through [`member::MediaHandle`] and relays [`member::MediaSignal`].
 //!
 //! Packet path: a publisher's RTP arrives on its publish connection → one ingress loop per
-//! published track ([`track`]) → a bounded queue per subscriber → one egress per subscriber per
-//! track ([`egress`]) that rewrites the packet with its own [`forwarder::RtpMunger`] and writes
-//! it to the subscriber's connection. Keyframe requests flow back the same way, throttled per
-//! track.
+//! published track ([`track`]) → for each subscriber, its egress for that track ([`egress`]),
+//! called by the ingress, rewrites the packet with its own [`forwarder::RtpMunger`] and hands it
+//! to the subscriber's connection without waiting. Keyframe requests flow back per track,
+//! throttled.
 //!
 //! Ownership: [`room::SfuRoom`] knows the room's members and published tracks; each member's
 //! [`member`] actor owns its two peer connections and all of its forwarding state.

@@ -21,33 +21,23 @@ use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use tokio::task::JoinHandle;
 
 use crate::sfu::forwarder::RtpMunger;
-
-/// The task that last sent on an SSRC; it ends with the numbering it reached.
-pub type LastSender = Option<JoinHandle<RtpMunger>>;
 
 /// An SSRC handed to a new down track.
 #[derive(Debug)]
 pub struct SsrcLease {
     pub ssrc: u32,
-    /// `Some` when the SSRC was sent on before: its numbering must be continued.
-    pub last_sender: LastSender,
+    /// `Some` when the SSRC was sent on before: the numbering its last egress reached, to be
+    /// continued.
+    pub numbering: Option<RtpMunger>,
 }
 
 #[derive(Debug)]
 struct Released {
     kind: RtpCodecKind,
     ssrc: u32,
-    last_sender: LastSender,
-}
-
-impl Released {
-    /// Its last sender has ended, so its numbering can be taken over without waiting.
-    fn idle(&self) -> bool {
-        self.last_sender.as_ref().is_none_or(|h| h.is_finished())
-    }
+    numbering: Option<RtpMunger>,
 }
 
 /// `T` identifies a transceiver (webrtc-rs' sender id, which stays with the transceiver).
@@ -78,14 +68,13 @@ impl<T: Copy + Eq + Hash> SsrcPool<T> {
     /// An SSRC for a new track of `kind`: a free one of that kind whose last sender has ended
     /// and which no idle transceiver carried last, else a fresh one.
     pub fn lease(&mut self, kind: RtpCodecKind, mut random: impl FnMut() -> u32) -> SsrcLease {
-        let usable = |r: &Released| {
-            r.kind == kind && r.idle() && !self.idle_transceivers.values().any(|&s| s == r.ssrc)
-        };
+        let usable =
+            |r: &Released| r.kind == kind && !self.idle_transceivers.values().any(|&s| s == r.ssrc);
         if let Some(i) = self.free.iter().position(usable) {
             let r = self.free.swap_remove(i);
             return SsrcLease {
                 ssrc: r.ssrc,
-                last_sender: r.last_sender,
+                numbering: r.numbering,
             };
         }
         loop {
@@ -93,7 +82,7 @@ impl<T: Copy + Eq + Hash> SsrcPool<T> {
             if ssrc != 0 && self.issued.insert(ssrc) {
                 return SsrcLease {
                     ssrc,
-                    last_sender: None,
+                    numbering: None,
                 };
             }
         }
@@ -109,7 +98,7 @@ impl<T: Copy + Eq + Hash> SsrcPool<T> {
         self.retiring.push(Released {
             kind,
             ssrc: lease.ssrc,
-            last_sender: lease.last_sender,
+            numbering: lease.numbering,
         });
     }
 
@@ -119,13 +108,13 @@ impl<T: Copy + Eq + Hash> SsrcPool<T> {
         kind: RtpCodecKind,
         ssrc: u32,
         transceiver: T,
-        last_sender: LastSender,
+        numbering: Option<RtpMunger>,
     ) {
         self.idle_transceivers.insert(transceiver, ssrc);
         self.retiring.push(Released {
             kind,
             ssrc,
-            last_sender,
+            numbering,
         });
     }
 
@@ -281,38 +270,21 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_released_ssrc_waits_for_its_last_sender_to_end_and_hands_over_its_numbering() {
+    #[test]
+    fn a_reused_ssrc_hands_over_its_numbering() {
         let mut pool = SsrcPool::default();
         let mut random = counter();
         let lease = pool.lease(VIDEO, &mut random);
         pool.placed(0);
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let ssrc = lease.ssrc;
-        let sender = tokio::spawn(async move {
-            let _ = stop_rx.await;
-            RtpMunger::new(ssrc, 96, 90_000)
-        });
-        pool.release(VIDEO, lease.ssrc, 0, Some(sender));
+        let numbering = RtpMunger::new(lease.ssrc, 96, 90_000);
+        pool.release(VIDEO, lease.ssrc, 0, Some(numbering));
         // Transceiver 0 is taken again (with another SSRC), so lease.ssrc may go elsewhere.
         let _ = pool.lease(VIDEO, &mut random);
         pool.placed(0);
         pool.offer_answered();
-        // Still sending (draining its queue): its numbering is not final, so not reused.
-        let other = pool.lease(VIDEO, &mut random);
-        assert_ne!(other.ssrc, lease.ssrc);
-        pool.unplaced(VIDEO, other);
-        stop_tx.send(()).expect("sender waiting");
-        for _ in 0..100 {
-            tokio::task::yield_now().await;
-        }
         let reused = pool.lease(VIDEO, &mut random);
         assert_eq!(reused.ssrc, lease.ssrc);
-        let munger = reused
-            .last_sender
-            .expect("the numbering to continue")
-            .await
-            .expect("sender ended cleanly");
-        assert_eq!(munger.out_ssrc(), lease.ssrc);
+        let numbering = reused.numbering.expect("the numbering to continue");
+        assert_eq!(numbering.out_ssrc(), lease.ssrc);
     }
 }

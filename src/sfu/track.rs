@@ -1,9 +1,11 @@
 //! A published track: the ingress loop that reads the publisher's RTP and hands each packet to
-//! every subscriber's bounded queue, and the throttled keyframe requests back to the publisher.
+//! every subscriber's egress, and the throttled keyframe requests back to the publisher.
 //!
-//! Per packet the ingress wraps the packet in one `Arc` and, for each subscriber, clones that
-//! `Arc` into a `try_send`: no lock (the subscriber list is an `ArcSwap` snapshot), no
-//! allocation per subscriber, and a full queue only costs that subscriber a dropped packet.
+//! Per packet the ingress wraps the packet in one `Arc` and, for each subscriber, lets that
+//! subscriber's [`Egress`] rewrite it and hand it to its connection without waiting: no lock
+//! shared between subscribers (the subscriber list is an `ArcSwap` snapshot), no allocation
+//! per subscriber in Yoom's code, and a connection that is behind only costs its own
+//! subscriber a dropped packet.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 use crate::ids::MemberId;
 use crate::metrics::{GaugeGuard, Metrics};
+use crate::sfu::egress::{Egress, Forwarded};
 use crate::sfu::track_stats::{TrackStats, TrackStatsRecorder};
 
 /// At most one keyframe request per track per this interval reaches the publisher on behalf of
@@ -30,10 +33,6 @@ pub const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
 /// its request waits at most this long after the previous one. Joins are bounded by signaling,
 /// so this cannot become a storm, and a burst of joiners within it shares one keyframe.
 pub const JOIN_KEYFRAME_THROTTLE: Duration = Duration::from_millis(100);
-
-/// Packets queued towards one subscriber for one track: about 1.5 s of 1.5 Mbit/s video. A
-/// subscriber further behind than that is better served by dropping and a fresh keyframe.
-pub const SUBSCRIBER_QUEUE_LEN: usize = 256;
 
 /// Server-wide unique id of a published track.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,7 +51,8 @@ impl std::fmt::Display for TrackId {
     }
 }
 
-/// A publisher's packet as it travels to every subscriber: shared, never copied.
+/// A publisher's packet as every subscriber's egress sees it: the payload is shared with each
+/// rewritten copy, never copied.
 #[derive(Debug)]
 pub struct IngressPacket {
     pub rtp: rtp::Packet,
@@ -61,21 +61,19 @@ pub struct IngressPacket {
 }
 
 impl IngressPacket {
-    pub fn shared(rtp: rtp::Packet) -> SharedPacket {
-        Arc::new(IngressPacket {
+    pub fn new(rtp: rtp::Packet) -> IngressPacket {
+        IngressPacket {
             rtp,
             received_at: Instant::now(),
-        })
+        }
     }
 }
 
-pub type SharedPacket = Arc<IngressPacket>;
-
-/// One subscriber's queue for this track.
+/// One subscriber's egress for this track.
 #[derive(Clone)]
 struct Downstream {
     subscriber: MemberId,
-    queue_tx: mpsc::Sender<SharedPacket>,
+    egress: Arc<Egress>,
 }
 
 pub struct PublishedTrack {
@@ -140,8 +138,8 @@ impl PublishedTrack {
         self.kind == RtpCodecKind::Video
     }
 
-    /// Starts forwarding this track into `queue_tx`.
-    pub fn add_subscriber(&self, subscriber: &MemberId, queue_tx: mpsc::Sender<SharedPacket>) {
+    /// Starts forwarding this track through `egress`.
+    pub fn add_subscriber(&self, subscriber: &MemberId, egress: Arc<Egress>) {
         self.downstreams.rcu(|current| {
             let mut next: Vec<Downstream> = current
                 .iter()
@@ -150,7 +148,7 @@ impl PublishedTrack {
                 .collect();
             next.push(Downstream {
                 subscriber: subscriber.clone(),
-                queue_tx: queue_tx.clone(),
+                egress: egress.clone(),
             });
             next
         });
@@ -178,9 +176,9 @@ impl PublishedTrack {
         self.server_muted.load(Ordering::Relaxed)
     }
 
-    /// Hands one packet to every subscriber's queue: no lock, no allocation per subscriber.
-    /// Returns how many subscribers' queues were full (the packet is dropped for them).
-    pub fn fan_out(&self, packet: &SharedPacket, metrics: &Metrics) -> usize {
+    /// Hands one packet to every subscriber's egress, none of which waits. Returns how many
+    /// subscribers' connections were behind (the packet is lost for them).
+    pub fn fan_out(&self, packet: &IngressPacket, metrics: &Metrics) -> usize {
         if self.server_muted.load(Ordering::Relaxed) {
             metrics
                 .drops_server_muted
@@ -189,8 +187,7 @@ impl PublishedTrack {
         }
         let mut full = 0;
         for d in self.downstreams.load().iter() {
-            if d.queue_tx.try_send(packet.clone()).is_err() {
-                metrics.drops_queue_full.inc();
+            if d.egress.forward(packet) == Forwarded::Full {
                 full += 1;
             }
         }
@@ -299,7 +296,7 @@ impl Ingress {
                         self.media_ssrc = packet.header.ssrc;
                         self.metrics.packets_in_total.inc();
                         self.metrics.bytes_in_total.inc_by(packet.payload.len() as u64);
-                        let packet = IngressPacket::shared(packet);
+                        let packet = IngressPacket::new(packet);
                         self.recorder.record(
                             &track.stats,
                             packet.rtp.header.sequence_number,
@@ -313,7 +310,7 @@ impl Ingress {
                             let before = drops;
                             drops += full as u64;
                             if before / 100 != drops / 100 || before == 0 {
-                                debug!(track = %self.id, drops, "subscriber queues full, dropping");
+                                debug!(track = %self.id, drops, "subscriber connections behind, dropping");
                             }
                         }
                     }
