@@ -97,7 +97,7 @@ def load(t, s):
         return None
 fmt = lambda v, d=2: "n/a" if v is None else f"{v:.{d}f}"
 print()
-print(f"{'scenario':<8} {'server':<6} {'streams':>9} {'loss %':>7} {'p99 ms':>7} {'1st key p95':>11} {'core %':>7} {'µs/pkt':>7} {'RSS MiB':>8} {'tool %':>7}")
+print(f"{'scenario':<8} {'server':<6} {'streams':>9} {'loss %':>7} {'p99 ms':>7} {'1st key p95':>11} {'core %':>7} {'µs/pkt':>7} {'steady':>7} {'RSS MiB':>8} {'tool %':>7}")
 for s in scenarios:
     row = {}
     for t in targets:
@@ -107,11 +107,15 @@ for s in scenarios:
             continue
         v = r["video"]
         core = 100 * r["server_cpu_s"] / r["duration_s"] if r["server_cpu_s"] is not None else None
-        row[t] = r["server_cpu_us_per_delivered_packet"]
+        row[t] = (r["server_cpu_us_per_delivered_packet"], r.get("server_cpu_us_per_delivered_packet_steady"))
         print(f"{s:<8} {t:<6} {v['tracks']:>4}/{r['video_streams_expected']:<4} {fmt(v['loss_percent'],3):>7} "
               f"{fmt(v['delay_ms_p99'],1):>7} {fmt(v['first_keyframe_ms_p95'],0):>11} {fmt(core,0):>7} "
-              f"{fmt(r['server_cpu_us_per_delivered_packet']):>7} {fmt(r['server_rss_mib'],1):>8} {fmt(r['tool_cpu_percent'],0):>7}")
+              f"{fmt(r['server_cpu_us_per_delivered_packet']):>7} {fmt(r.get('server_cpu_us_per_delivered_packet_steady')):>7} "
+              f"{fmt(r['server_rss_mib'],1):>8} {fmt(r['tool_cpu_percent'],0):>7}")
     if row.get("yoom") and row.get("janus"):
-        print(f"{'':<8} ratio: Janus needs {row['janus']/row['yoom']:.2f}× Yoom's CPU per delivered packet")
+        (jw, js), (yw, ys) = row["janus"], row["yoom"]
+        steady = f", {js/ys:.2f}× in steady state" if js and ys else ""
+        print(f"{'':<8} ratio: Janus needs {jw/yw:.2f}× Yoom's CPU per delivered packet over the run{steady}")
 print("\nµs/pkt = server CPU time over the run (joins included) / packets (video+audio) the subscribers received.")
+print("steady = the same from 3 s after the last member connected to the end (no joining).")
 PY

@@ -39,6 +39,9 @@ async fn a_tiny_scenario_flows_and_is_counted() {
     assert!(report.server_packets_forwarded.unwrap_or(0) > 100);
     assert!(report.video.delay_ms_p50.is_some());
     assert!(report.packets_delivered >= report.video.packets_received);
+    // The steady-state window (after joining settled) was measured separately.
+    assert!(report.steady_s.is_some_and(|s| s > 1.0), "{report:?}");
+    assert!(report.server_cpu_us_per_delivered_packet_steady.is_some());
     let mut table = Vec::new();
     yoom::load::print_report(&report, false, &mut table).unwrap();
     let table = String::from_utf8(table).unwrap();
