@@ -32,7 +32,7 @@ pub struct Metrics {
     pub chat_messages_total: IntCounter,
     /// Peer connections built and not yet closed.
     pub peer_connections: IntGauge,
-    /// Media tasks (ingress, egress, keyframe, member media) running now.
+    /// Media tasks (ingress, keyframe-request relay, member media) running now.
     pub media_tasks: IntGauge,
     /// Tracks published, by kind.
     pub track_published_total: IntCounterVec,
@@ -120,8 +120,8 @@ impl Metrics {
         };
         let forward_drops = counter_vec(
             "forward_drops_total",
-            "Packets not forwarded to a subscriber, by reason (queue_full, not_connected, \
-             server_muted)",
+            "Packets not forwarded to a subscriber, by reason (queue_full: its connection's send \
+             queue was full; not_connected; server_muted)",
             &["reason"],
         );
         let packet_total = counter_vec(
