@@ -58,6 +58,8 @@ pub struct Egress {
     /// Whether the subscriber's connection can carry media yet.
     connected: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+    /// The subscriber's first forwarded video packet, for `join_to_first_video_seconds`.
+    first_video: Option<Arc<FirstVideo>>,
     /// Locked by the track's ingress task per packet and by the member once, when the track
     /// stops: never contended on the packet path, never held across an `.await`.
     state: Mutex<EgressState>,
@@ -65,8 +67,6 @@ pub struct Egress {
 
 struct EgressState {
     munger: RtpMunger,
-    /// The subscriber's first forwarded video packet, for `join_to_first_video_seconds`.
-    first_video: Option<Arc<FirstVideo>>,
     sample: u32,
     /// Set by [`Egress::finish`]: the numbering has been handed on, nothing more is sent.
     finished: bool,
@@ -100,7 +100,9 @@ impl FirstVideo {
     }
 
     fn record(&self, metrics: &Metrics) {
-        if !self.seen.swap(true, Ordering::Relaxed) {
+        // Read before writing: every video packet of every track the member receives comes
+        // here, and a plain load keeps the flag's cache line shared between ingress threads.
+        if !self.seen.load(Ordering::Relaxed) && !self.seen.swap(true, Ordering::Relaxed) {
             metrics
                 .join_to_first_video_seconds
                 .observe(self.joined_at.elapsed().as_secs_f64());
@@ -124,9 +126,9 @@ impl Egress {
             sink,
             connected,
             metrics,
+            first_video,
             state: Mutex::new(EgressState {
                 munger,
-                first_video,
                 sample: 0,
                 finished: false,
             }),
@@ -140,7 +142,7 @@ impl Egress {
             self.metrics.drops_not_connected.inc();
             return Forwarded::NotConnected;
         }
-        let (out, sampled, first_video) = {
+        let (out, sampled) = {
             // A poisoned lock only means another thread panicked mid-rewrite; the munger's
             // numbers are plain integers, still usable.
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -159,7 +161,6 @@ impl Egress {
                 // clock read per packet per subscriber.
                 state.munger.packet(&packet.rtp, packet.received_at),
                 sampled,
-                state.first_video.take(),
             )
         };
         let bytes = out.payload.len() as u64;
@@ -167,12 +168,10 @@ impl Egress {
             SinkWrite::Written => {}
             SinkWrite::Full => {
                 self.metrics.drops_queue_full.inc();
-                self.give_back(first_video);
                 return Forwarded::Full;
             }
             SinkWrite::Closed => {
                 self.metrics.drops_not_connected.inc();
-                self.give_back(first_video);
                 return Forwarded::NotConnected;
             }
         }
@@ -184,18 +183,10 @@ impl Egress {
                 .forward_latency_us
                 .observe(latency.as_micros() as f64);
         }
-        if let Some(first) = first_video {
+        if let Some(first) = &self.first_video {
             first.record(&self.metrics);
         }
         Forwarded::Sent
-    }
-
-    /// A packet that did not go out was not the subscriber's first video.
-    fn give_back(&self, first_video: Option<Arc<FirstVideo>>) {
-        if first_video.is_some() {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.first_video = first_video;
-        }
     }
 
     /// Stops this egress and returns the numbering it reached, for the next track sent on the
