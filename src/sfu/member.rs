@@ -227,13 +227,37 @@ struct DownTrack {
     local: Arc<TrackLocalStaticRTP>,
     sender: Arc<dyn RtpSender>,
     ssrc: u32,
-    /// This track's egress, once the answer settled it.
-    egress: Option<Arc<Egress>>,
-    /// Until then, the numbering the previous track on this SSRC reached (if it was reused).
-    numbering: Option<RtpMunger>,
-    /// Set once the answer decided: the egress runs, or the subscriber cannot decode the
-    /// codec and the track is skipped for it. Until then packets are not forwarded.
-    settled: bool,
+    state: DownState,
+}
+
+/// Where a down track is: until the answer decides, packets are not forwarded.
+enum DownState {
+    /// Offered, not answered yet. `numbering`: what the previous track on this SSRC reached,
+    /// if the SSRC was reused.
+    Negotiating { numbering: Option<RtpMunger> },
+    /// Its egress runs.
+    Forwarding(Arc<Egress>),
+    /// The subscriber cannot decode the codec; nothing is sent on the SSRC.
+    Skipped { numbering: Option<RtpMunger> },
+}
+
+impl DownState {
+    fn take_numbering(&mut self) -> Option<RtpMunger> {
+        match self {
+            DownState::Negotiating { numbering } | DownState::Skipped { numbering } => {
+                numbering.take()
+            }
+            DownState::Forwarding(_) => None,
+        }
+    }
+
+    /// The numbering the next track on this SSRC continues; stops the egress if one runs.
+    fn finish(self) -> Option<RtpMunger> {
+        match self {
+            DownState::Forwarding(egress) => Some(egress.finish()),
+            DownState::Negotiating { numbering } | DownState::Skipped { numbering } => numbering,
+        }
+    }
 }
 
 struct MemberMedia {
@@ -662,9 +686,9 @@ impl MemberMedia {
                             local,
                             sender,
                             ssrc: lease.ssrc,
-                            egress: None,
-                            numbering: lease.numbering,
-                            settled: false,
+                            state: DownState::Negotiating {
+                                numbering: lease.numbering,
+                            },
                         },
                     );
                 }
@@ -680,12 +704,9 @@ impl MemberMedia {
                 if let Err(e) = pc.remove_track(&down.sender).await {
                     warn!(track = %id, error = %e, "remove_track failed");
                 }
-                let numbering = match &down.egress {
-                    Some(egress) => Some(egress.finish()),
-                    None => down.numbering,
-                };
+                let (kind, ssrc, transceiver) = (down.source.kind, down.ssrc, down.sender.id());
                 self.ssrcs
-                    .release(down.source.kind, down.ssrc, down.sender.id(), numbering);
+                    .release(kind, ssrc, transceiver, down.state.finish());
             }
         }
         let offer = match pc.create_offer(None).await {
@@ -795,7 +816,9 @@ impl MemberMedia {
 
     /// Starts forwarding every track whose negotiation just completed.
     async fn start_new_egresses(&mut self) {
-        for (id, down) in self.forwarding.iter_mut().filter(|(_, d)| !d.settled) {
+        let negotiating =
+            |(_, d): &(&TrackId, &mut DownTrack)| matches!(d.state, DownState::Negotiating { .. });
+        for (id, down) in self.forwarding.iter_mut().filter(negotiating) {
             let params = match down.sender.get_parameters().await {
                 Ok(p) => p,
                 Err(e) => {
@@ -816,11 +839,13 @@ impl MemberMedia {
                 );
                 // It stays in `forwarding` (negotiated as inactive) so it is not offered again
                 // and again; it leaves with its publisher.
-                down.settled = true;
+                down.state = DownState::Skipped {
+                    numbering: down.state.take_numbering(),
+                };
                 continue;
             };
             let clock_rate = down.source.codec.clock_rate;
-            let munger = match down.numbering.take() {
+            let munger = match down.state.take_numbering() {
                 Some(mut munger) => {
                     munger.continue_with(negotiated.payload_type, clock_rate);
                     munger
@@ -843,13 +868,12 @@ impl MemberMedia {
                 .in_current_span(),
             );
             down.source.add_subscriber(&self.member, egress.clone());
-            down.egress = Some(egress);
+            down.state = DownState::Forwarding(egress);
             // Before the connection is up nothing can be sent; the Connected event asks then,
             // and an early request would only hold the next one back by the throttle.
             if self.subscriber_connected.load(Ordering::Relaxed) {
                 down.source.request_keyframe(KeyframeReason::NewSubscriber);
             }
-            down.settled = true;
             self.ctx
                 .metrics
                 .track_subscribed_total
