@@ -1,7 +1,7 @@
 //! A published track: the ingress loop that reads the publisher's RTP and hands each packet to
 //! every subscriber's egress, and the throttled keyframe requests back to the publisher.
 //!
-//! Per packet the ingress wraps the packet in one `Arc` and, for each subscriber, lets that
+//! Per packet the ingress stamps the packet's arrival time and, for each subscriber, lets that
 //! subscriber's [`Egress`] rewrite it and hand it to its connection without waiting: no lock
 //! shared between subscribers (the subscriber list is an `ArcSwap` snapshot), no allocation
 //! per subscriber in Yoom's code, and a connection that is behind only costs its own
