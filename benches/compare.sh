@@ -76,7 +76,7 @@ for target in $TARGETS; do
       args=(--url http://127.0.0.1:3300 --media-ip 127.0.0.1)
     else
       start_janus
-      args=(--target janus --janus-api 127.0.1.1:8088 --url http://127.0.1.1:8088 --media-ip 127.0.1.1)
+      args=(--target janus --janus-url http://127.0.1.1:8088/janus --media-ip 127.0.1.1)
     fi
     echo "== $target $s: $pubs publisher(s), $subs subscriber(s), ${DURATION}s =="
     taskset -c 1 "$BIN" load "${args[@]}" --rooms 1 --publishers "$pubs" --subscribers "$subs" \

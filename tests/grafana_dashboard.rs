@@ -274,7 +274,7 @@ async fn every_metric_on_the_dashboard_is_exported_by_a_real_server() {
         media_ip: "127.0.0.1".parse().unwrap(),
         json: true,
         target: yoom::load::Target::Yoom,
-        janus_api: None,
+        janus_url: None,
     };
     let report = tokio::time::timeout(LOAD_RUN, run(args))
         .await

@@ -23,7 +23,7 @@ async fn a_tiny_scenario_flows_and_is_counted() {
         media_ip: "127.0.0.1".parse().unwrap(),
         json: true,
         target: yoom::load::Target::Yoom,
-        janus_api: None,
+        janus_url: None,
     };
     let report = tokio::time::timeout(std::time::Duration::from_secs(60), run(args))
         .await

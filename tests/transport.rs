@@ -220,7 +220,7 @@ async fn hundred_members(config: yoom::Config) -> yoom::load::Report {
         media_ip: "127.0.0.1".parse().unwrap(),
         json: true,
         target: Target::Yoom,
-        janus_api: None,
+        janus_url: None,
     };
     let report = tokio::time::timeout(Duration::from_secs(90), run_load(args))
         .await

@@ -24,9 +24,49 @@ use crate::sfu::peer::{build_peer_connection, EventForwarder, PeerEvent};
 /// Room id used for every load room (`base + room index`).
 const ROOM_BASE: u64 = 7_000;
 
+/// Where Janus' HTTP API answers: `--janus-url http://127.0.1.1:8088/janus`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JanusApi {
+    addr: SocketAddr,
+    /// The API's base path (Janus' `base_path`, `/janus` unless configured otherwise).
+    base: Arc<str>,
+}
+
+impl JanusApi {
+    /// Accepts `http://host:port[/base]` (the base path defaults to `/janus`) or a bare
+    /// `host:port`.
+    pub fn parse(url: &str) -> anyhow::Result<JanusApi> {
+        let rest = match url.split_once("://") {
+            Some(("http", rest)) => rest,
+            Some((scheme, _)) => bail!("--janus-url must be http:// (got {scheme}://)"),
+            None => url,
+        };
+        let (host, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        use std::net::ToSocketAddrs;
+        let addr = host
+            .to_socket_addrs()
+            .with_context(|| format!("--janus-url: cannot resolve {host:?} (want host:port)"))?
+            .next()
+            .ok_or_else(|| anyhow!("--janus-url: no address for {host}"))?;
+        let path = path.trim_end_matches('/');
+        let base = if path.is_empty() { "/janus" } else { path };
+        Ok(JanusApi {
+            addr,
+            base: base.into(),
+        })
+    }
+
+    fn path(&self, tail: &str) -> String {
+        format!("{}{tail}", self.base)
+    }
+}
+
 /// A Janus member: `publishers` is how many feeds a subscriber waits for in its room.
 pub fn spawn_janus_member(
-    api: SocketAddr,
+    api: JanusApi,
     room_index: u32,
     publishers: u32,
     plan: MemberPlan,
@@ -47,7 +87,7 @@ pub fn spawn_janus_member(
 }
 
 struct Session {
-    api: SocketAddr,
+    api: JanusApi,
     id: u64,
     events: mpsc::UnboundedReceiver<Value>,
     poller: tokio::task::JoinHandle<()>,
@@ -55,9 +95,10 @@ struct Session {
 
 static TRANSACTION: AtomicU64 = AtomicU64::new(1);
 
-async fn post(api: SocketAddr, path: &str, mut body: Value) -> anyhow::Result<Value> {
+/// POSTs `body` to the API path `tail` (after the base path).
+async fn post(api: &JanusApi, tail: &str, mut body: Value) -> anyhow::Result<Value> {
     body["transaction"] = json!(format!("t{}", TRANSACTION.fetch_add(1, Ordering::Relaxed)));
-    let text = http(api, "POST", path, Some(body.to_string())).await?;
+    let text = http(api.addr, "POST", &api.path(tail), Some(body.to_string())).await?;
     let v: Value = serde_json::from_str(&text).with_context(|| format!("Janus said: {text}"))?;
     if v["janus"] == "error" {
         bail!("Janus error: {}", v["error"]);
@@ -112,16 +153,16 @@ fn dechunk(mut body: &str) -> String {
 }
 
 impl Session {
-    async fn create(api: SocketAddr) -> anyhow::Result<Session> {
-        let v = post(api, "/janus", json!({"janus":"create"})).await?;
+    async fn create(api: JanusApi) -> anyhow::Result<Session> {
+        let v = post(&api, "", json!({"janus":"create"})).await?;
         let id = v["data"]["id"]
             .as_u64()
             .ok_or_else(|| anyhow!("no session id"))?;
         let (tx, events) = mpsc::unbounded_channel();
+        let (addr, poll_path) = (api.addr, api.path(&format!("/{id}?maxev=10")));
         let poller = tokio::spawn(async move {
             loop {
-                let Ok(text) = http(api, "GET", &format!("/janus/{id}?maxev=10"), None).await
-                else {
+                let Ok(text) = http(addr, "GET", &poll_path, None).await else {
                     break;
                 };
                 let Ok(v) = serde_json::from_str::<Value>(&text) else {
@@ -148,8 +189,8 @@ impl Session {
 
     async fn attach(&self) -> anyhow::Result<u64> {
         let v = post(
-            self.api,
-            &format!("/janus/{}", self.id),
+            &self.api,
+            &format!("/{}", self.id),
             json!({"janus":"attach","plugin":"janus.plugin.videoroom"}),
         )
         .await?;
@@ -168,7 +209,7 @@ impl Session {
         if let Some(j) = jsep {
             m["jsep"] = j;
         }
-        post(self.api, &format!("/janus/{}/{handle}", self.id), m).await
+        post(&self.api, &format!("/{}/{handle}", self.id), m).await
     }
 
     /// Waits for an asynchronous plugin event on `handle` satisfying `pred`.
@@ -239,7 +280,7 @@ async fn gathered_local_sdp(
 }
 
 async fn janus_member(
-    api: SocketAddr,
+    api: JanusApi,
     room: u64,
     publishers: u32,
     plan: &MemberPlan,
@@ -247,7 +288,7 @@ async fn janus_member(
     tracks: Arc<Mutex<HashMap<TrackKey, TrackStats>>>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    let mut session = Session::create(api).await?;
+    let mut session = Session::create(api.clone()).await?;
     let joined_at = Instant::now();
     let mut pcs: Vec<Arc<dyn PeerConnection>> = Vec::new();
     let mut tasks = Vec::new();
@@ -409,10 +450,51 @@ async fn janus_member(
         let _ = pc.close().await;
     }
     let _ = post(
-        api,
-        &format!("/janus/{}", session.id),
+        &api,
+        &format!("/{}", session.id),
         json!({"janus":"destroy"}),
     )
     .await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_janus_url_names_the_api_address_and_base_path() {
+        let api = JanusApi::parse("http://127.0.1.1:8088/janus").unwrap();
+        assert_eq!(api.addr, "127.0.1.1:8088".parse::<SocketAddr>().unwrap());
+        assert_eq!(api.path("/42/7"), "/janus/42/7");
+        // The base path defaults to Janus' own default, and a trailing slash is ignored.
+        assert_eq!(
+            JanusApi::parse("http://127.0.0.1:8088").unwrap().path(""),
+            "/janus"
+        );
+        assert_eq!(
+            JanusApi::parse("http://127.0.0.1:8088/api/v1/")
+                .unwrap()
+                .path("/1"),
+            "/api/v1/1"
+        );
+        // The bare address `--janus-api` used to take still works.
+        assert_eq!(JanusApi::parse("127.0.1.1:8088").unwrap(), api);
+    }
+
+    #[test]
+    fn a_janus_url_that_cannot_be_used_says_why() {
+        let https = JanusApi::parse("https://127.0.0.1:8089/janus").unwrap_err();
+        assert!(https.to_string().contains("http://"), "{https}");
+        let no_port = JanusApi::parse("http://127.0.0.1/janus").unwrap_err();
+        assert!(no_port.to_string().contains("host:port"), "{no_port}");
+    }
+
+    #[test]
+    fn chunked_answers_are_joined() {
+        assert_eq!(
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            "hello world"
+        );
+    }
 }

@@ -70,9 +70,9 @@ pub struct LoadArgs {
     /// Which SFU --url points at
     #[arg(long, value_enum, default_value = "yoom")]
     pub target: Target,
-    /// Janus HTTP API address (with --target janus), e.g. 127.0.1.1:8088
-    #[arg(long)]
-    pub janus_api: Option<SocketAddr>,
+    /// Janus HTTP API (with --target janus), e.g. http://127.0.1.1:8088/janus
+    #[arg(long, alias = "janus-api")]
+    pub janus_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -117,10 +117,18 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         bail!("--rooms and --publishers must be at least 1");
     }
     let base = args.url.trim_end_matches('/').to_owned();
-    let http_addr = match args.target {
-        Target::Yoom => http_address(&base)?,
+    let (http_addr, janus) = match args.target {
+        Target::Yoom => (http_address(&base)?, None),
         // Janus has no Yoom metrics; CPU and memory come from --server-pid only.
-        Target::Janus => "127.0.0.1:9".parse().expect("literal address"),
+        Target::Janus => {
+            let url = args.janus_url.as_deref().ok_or_else(|| {
+                anyhow!("--target janus needs --janus-url (e.g. http://127.0.1.1:8088/janus)")
+            })?;
+            (
+                "127.0.0.1:9".parse().expect("literal address"),
+                Some(janus::JanusApi::parse(url)?),
+            )
+        }
     };
     let ws_url = format!("{}/ws", base.replacen("http", "ws", 1));
     let counters = Arc::new(RunCounters::default());
@@ -150,11 +158,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
                 audio: args.audio,
                 udp_ip: args.media_ip,
             };
-            members.push(match args.target {
-                Target::Yoom => spawn_member(plan, counters.clone()),
-                Target::Janus => janus::spawn_janus_member(
-                    args.janus_api
-                        .ok_or_else(|| anyhow!("--target janus needs --janus-api"))?,
+            members.push(match &janus {
+                None => spawn_member(plan, counters.clone()),
+                Some(api) => janus::spawn_janus_member(
+                    api.clone(),
                     r,
                     args.publishers,
                     plan,
