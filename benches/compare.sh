@@ -7,24 +7,33 @@
 #   bash benches/compare.sh                       # all scenarios, both servers, 20 s each
 #   DURATION=10 TARGETS=yoom bash benches/compare.sh 1x25
 #
+# YOOM_BIN=path runs that binary instead of building the release one, OUT=dir puts the reports
+# elsewhere (tests/compare_script.rs does both for its seconds-long smoke run).
+#
 # Scenarios: 1x25, 1x100, 1x200 (one publisher, N receive-only subscribers), 5x5 (five members
-# who all publish). Needs: root (namespaces), taskset, curl, python3, Debian's janus package
-# (installed here when missing and TARGETS includes janus).
+# who all publish). Needs: namespaces (root, or unprivileged user namespaces), taskset, curl,
+# python3, Debian's janus package (installed here, as root, when missing and TARGETS has janus).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGETS="${TARGETS:-yoom janus}"
 
 if [ "${YOOM_BENCH_IN_NS:-}" != 1 ]; then
+  root=$([ "$(id -u)" = 0 ] && echo yes || true)
   if [[ " $TARGETS " == *" janus "* ]] && ! command -v janus >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends janus >/dev/null
+    [ -n "$root" ] || { echo "janus is not installed: apt-get install janus (as root)" >&2; exit 1; }
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends janus >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends janus >/dev/null; }
   fi
-  cargo build --release --quiet
-  exec unshare -n env YOOM_BENCH_IN_NS=1 TARGETS="$TARGETS" bash -c 'exec bash "$0" "$@"' "$0" "$@"
+  [ -n "${YOOM_BIN:-}" ] || cargo build --release --quiet
+  # Without root, an unprivileged user namespace owns the network namespace (and the veth).
+  ns=-n; [ -n "$root" ] || ns=-rn
+  exec unshare "$ns" env YOOM_BENCH_IN_NS=1 TARGETS="$TARGETS" bash -c 'exec bash "$0" "$@"' "$0" "$@"
 fi
 
 DURATION="${DURATION:-20}"
-BIN="$PWD/target/release/yoom"
-OUT="$PWD/target/bench"
+BIN="${YOOM_BIN:-$PWD/target/release/yoom}"
+OUT="${OUT:-$PWD/target/bench}"
 mkdir -p "$OUT"
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(1x25 1x100 1x200 5x5)
@@ -107,11 +116,14 @@ for s in scenarios:
             continue
         v = r["video"]
         core = 100 * r["server_cpu_s"] / r["duration_s"] if r["server_cpu_s"] is not None else None
-        row[t] = (r["server_cpu_us_per_delivered_packet"], r.get("server_cpu_us_per_delivered_packet_steady"))
+        if r["server_cpu_us_per_delivered_packet"]:
+            row[t] = (r["server_cpu_us_per_delivered_packet"], r.get("server_cpu_us_per_delivered_packet_steady"))
         print(f"{s:<8} {t:<6} {v['tracks']:>4}/{r['video_streams_expected']:<4} {fmt(v['loss_percent'],3):>7} "
               f"{fmt(v['delay_ms_p99'],1):>7} {fmt(v['first_keyframe_ms_p95'],0):>11} {fmt(core,0):>7} "
               f"{fmt(r['server_cpu_us_per_delivered_packet']):>7} {fmt(r.get('server_cpu_us_per_delivered_packet_steady')):>7} "
               f"{fmt(r['server_rss_mib'],1):>8} {fmt(r['tool_cpu_percent'],0):>7}")
+        if r["members_failed"]:
+            print(f"{'':<8} {t}: {r['members_failed']} member(s) failed to join; see {out}/{t}-server.log")
     if row.get("yoom") and row.get("janus"):
         (jw, js), (yw, ys) = row["janus"], row["yoom"]
         steady = f", {js/ys:.2f}× in steady state" if js and ys else ""

@@ -1,0 +1,61 @@
+//! Smoke run of the documented side-by-side command, `benches/compare.sh`: a seconds-long
+//! 1 → 2 scenario against Yoom (this build) and a real Janus, both started by the script in its
+//! network namespace. Asserts only that both servers carried media, that the tool counted it,
+//! and that the side-by-side table came out; speed is the benchmark's business.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn compare_sh_runs_both_servers_and_prints_the_table() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::env::temp_dir().join(format!("yoom-compare-{}", std::process::id()));
+    std::fs::create_dir_all(&out).expect("report dir");
+    let run = Command::new("bash")
+        .arg(repo.join("benches/compare.sh"))
+        .arg("1x2")
+        .current_dir(repo)
+        .env("DURATION", "3")
+        .env("YOOM_BIN", env!("CARGO_BIN_EXE_yoom"))
+        .env("OUT", &out)
+        .output()
+        .expect("run benches/compare.sh");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "compare.sh failed\n{stdout}\n{stderr}"
+    );
+
+    for target in ["yoom", "janus"] {
+        let path = out.join(format!("{target}-1x2.json"));
+        let report: Value = serde_json::from_slice(
+            &std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}\n{stdout}\n{stderr}", path.display())),
+        )
+        .expect("the report is JSON");
+        assert_eq!(report["target"], target);
+        assert_eq!(report["members_failed"], 0, "{target}: {report}");
+        assert_eq!(report["video"]["tracks"], 2, "{target}: {report}");
+        assert!(
+            report["video"]["packets_received"].as_u64().unwrap_or(0) > 100,
+            "{target}: {report}"
+        );
+        assert!(
+            report["server_cpu_us_per_delivered_packet"]
+                .as_f64()
+                .is_some(),
+            "{target}: server CPU was not measured: {report}"
+        );
+    }
+    let table: Vec<&str> = stdout.lines().filter(|l| l.starts_with("1x2 ")).collect();
+    assert_eq!(table.len(), 2, "one row per server:\n{stdout}");
+    assert!(
+        table[0].contains("yoom") && table[1].contains("janus"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ratio: Janus needs"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&out);
+}
