@@ -67,7 +67,7 @@ pub struct LoadArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
-    /// Which SFU --url points at
+    /// Which SFU to load: yoom (at --url) or janus (at --janus-url)
     #[arg(long, value_enum, default_value = "yoom")]
     pub target: Target,
     /// Janus HTTP API (with --target janus), e.g. http://127.0.1.1:8088/janus
