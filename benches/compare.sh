@@ -49,7 +49,9 @@ stop_server() { [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER"
 trap stop_server EXIT
 
 start_yoom() {
+  # Every simulated member comes from one address: lift the per-address connection cap.
   taskset -c 0 "$BIN" serve --bind 127.0.0.1 --port 3300 --log warn --max-room-members 1000 \
+    --max-connections-per-ip 100000 \
     >"$OUT/yoom-server.log" 2>&1 &
   SERVER=$!
   for _ in $(seq 50); do curl -sf http://127.0.0.1:3300/healthz >/dev/null 2>&1 && return; sleep 0.1; done
@@ -123,7 +125,9 @@ for s in scenarios:
               f"{fmt(r['server_cpu_us_per_delivered_packet']):>7} {fmt(r.get('server_cpu_us_per_delivered_packet_steady')):>7} "
               f"{fmt(r['server_rss_mib'],1):>8} {fmt(r['tool_cpu_percent'],0):>7}")
         if r["members_failed"]:
-            print(f"{'':<8} {t}: {r['members_failed']} member(s) failed to join; see {out}/{t}-server.log")
+            print(f"{'':<8} {t}: {r['members_failed']} member(s) failed (server log: {out}/{t}-server.log)")
+        for e in r.get("member_errors", []):
+            print(f"{'':<8}   {e['members']} × {e['error']}")
     if row.get("yoom") and row.get("janus"):
         (jw, js), (yw, ys) = row["janus"], row["yoom"]
         steady = f", {js/ys:.2f}× in steady state" if js and ys else ""

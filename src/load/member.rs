@@ -148,7 +148,13 @@ async fn member_body(
     )
     .await
     .context("WebSocket connect timed out")?
-    .context("WebSocket connect")?;
+    .map_err(|e| match &e {
+        tokio_tungstenite::tungstenite::Error::Http(r) if r.status().as_u16() == 429 => anyhow!(
+            "WebSocket connect: 429, the server's cap on connections from one address \
+             (yoom serve --max-connections-per-ip)"
+        ),
+        _ => anyhow::Error::new(e).context("WebSocket connect"),
+    })?;
     let (mut ws_tx, mut ws_rx) = ws.split();
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<(Side, PeerEvent)>();
     let send = |v: Value| Message::text(v.to_string());

@@ -75,6 +75,26 @@ pub struct LoadArgs {
     pub janus_url: Option<String>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberError {
+    pub error: String,
+    pub members: u64,
+}
+
+/// Distinct errors with how many members hit each, most frequent first.
+fn group_errors(errors: impl IntoIterator<Item = String>) -> Vec<MemberError> {
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    for e in errors {
+        *counts.entry(e).or_default() += 1;
+    }
+    let mut grouped: Vec<MemberError> = counts
+        .into_iter()
+        .map(|(error, members)| MemberError { error, members })
+        .collect();
+    grouped.sort_by_key(|e| std::cmp::Reverse(e.members));
+    grouped
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
@@ -89,6 +109,8 @@ pub struct Report {
     pub subscribers_per_room: u32,
     pub members: u32,
     pub members_failed: u64,
+    /// Why members failed: each distinct error once, most frequent first.
+    pub member_errors: Vec<MemberError>,
     pub video_streams_expected: u64,
     pub duration_s: f64,
     pub video: Summary,
@@ -216,12 +238,11 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
     let elapsed = started.elapsed();
 
     let mut video_tracks: Vec<TrackStats> = Vec::new();
+    let mut errors = Vec::new();
     for m in members {
         let tracks = m.tracks.clone();
         if let Err(e) = m.finish().await {
-            if !args.json {
-                eprintln!("member failed: {e:#}");
-            }
+            errors.push(format!("{e:#}"));
         }
         let tracks = tracks.lock().unwrap_or_else(|p| p.into_inner());
         video_tracks.extend(
@@ -319,6 +340,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         subscribers_per_room: args.subscribers,
         members: total,
         members_failed: counters.failed.load(Ordering::Relaxed),
+        member_errors: group_errors(errors),
         video_streams_expected: expected_streams,
         duration_s: elapsed.as_secs_f64(),
         video,
@@ -364,6 +386,19 @@ pub fn print_report(report: &Report, json: bool, out: &mut impl Write) -> std::i
         (
             "members (failed)",
             format!("{} ({})", report.members, report.members_failed),
+        ),
+        (
+            "member errors",
+            if report.member_errors.is_empty() {
+                "none".to_owned()
+            } else {
+                report
+                    .member_errors
+                    .iter()
+                    .map(|e| format!("{} × {}", e.members, e.error))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
         ),
         (
             "video streams received / expected",
@@ -491,4 +526,35 @@ async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_errors_are_grouped_most_frequent_first() {
+        let grouped = group_errors(
+            [
+                "429 Too Many Requests",
+                "ICE failed",
+                "429 Too Many Requests",
+            ]
+            .map(String::from),
+        );
+        assert_eq!(
+            grouped,
+            vec![
+                MemberError {
+                    error: "429 Too Many Requests".into(),
+                    members: 2
+                },
+                MemberError {
+                    error: "ICE failed".into(),
+                    members: 1
+                },
+            ]
+        );
+        assert!(group_errors(Vec::new()).is_empty());
+    }
 }
