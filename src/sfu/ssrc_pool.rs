@@ -65,8 +65,8 @@ impl<T> Default for SsrcPool<T> {
 }
 
 impl<T: Copy + Eq + Hash> SsrcPool<T> {
-    /// An SSRC for a new track of `kind`: a free one of that kind whose last sender has ended
-    /// and which no idle transceiver carried last, else a fresh one.
+    /// An SSRC for a new track of `kind`: a free one of that kind which no idle transceiver
+    /// carried last, else a fresh one.
     pub fn lease(&mut self, kind: RtpCodecKind, mut random: impl FnMut() -> u32) -> SsrcLease {
         let usable =
             |r: &Released| r.kind == kind && !self.idle_transceivers.values().any(|&s| s == r.ssrc);
