@@ -139,23 +139,20 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         bail!("--rooms and --publishers must be at least 1");
     }
     let base = args.url.trim_end_matches('/').to_owned();
-    let (http_addr, janus) = match args.target {
-        Target::Yoom => (http_address(&base)?, None),
+    let (metrics_addr, janus) = match args.target {
+        Target::Yoom => (Some(http_address(&base)?), None),
         // Janus has no Yoom metrics; CPU and memory come from --server-pid only.
         Target::Janus => {
             let url = args.janus_url.as_deref().ok_or_else(|| {
                 anyhow!("--target janus needs --janus-url (e.g. http://127.0.1.1:8088/janus)")
             })?;
-            (
-                "127.0.0.1:9".parse().expect("literal address"),
-                Some(janus::JanusApi::parse(url)?),
-            )
+            (None, Some(janus::JanusApi::parse(url)?))
         }
     };
     let ws_url = format!("{}/ws", base.replacen("http", "ws", 1));
     let counters = Arc::new(RunCounters::default());
 
-    let server_before = server_sample(&args, http_addr).await;
+    let server_before = server_sample(&args, metrics_addr).await;
     let tool_before = ProcessSample::of_self();
     let started = Instant::now();
 
@@ -207,7 +204,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         if steady_start.is_none() && Instant::now() >= steady_from {
             steady_start = Some((
                 Instant::now(),
-                server_sample(&args, http_addr).await,
+                server_sample(&args, metrics_addr).await,
                 counters.packets_received.load(Ordering::Relaxed),
             ));
         }
@@ -229,7 +226,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         }
         last_received = received;
     }
-    let server_after = server_sample(&args, http_addr).await;
+    let server_after = server_sample(&args, metrics_addr).await;
     let delivered_at_end = counters.packets_received.load(Ordering::Relaxed);
     let steady_s = steady_start
         .as_ref()
@@ -476,8 +473,12 @@ struct ServerSample {
     packets_forwarded: Option<u64>,
 }
 
-async fn server_sample(args: &LoadArgs, addr: SocketAddr) -> Option<ServerSample> {
-    let metrics = http_get(addr, "/metrics").await.ok();
+/// `metrics_addr`: where Yoom's `/metrics` answers (`None` for another SFU).
+async fn server_sample(args: &LoadArgs, metrics_addr: Option<SocketAddr>) -> Option<ServerSample> {
+    let metrics = match metrics_addr {
+        Some(addr) => http_get(addr, "/metrics").await.ok(),
+        None => None,
+    };
     let metric = |name: &str| -> Option<f64> {
         metrics.as_ref()?.lines().find_map(|l| {
             let rest = l.strip_prefix(name)?;
