@@ -1,0 +1,307 @@
+//! What webrtc-rs' sans-IO core (`rtc`) costs per forwarded packet on its own, without the
+//! async per-connection driver of the `webrtc` crate around it and without a socket.
+//!
+//! Each subscriber connection is built as the server builds it (Yoom's codecs and send-only
+//! interceptor chain: NACK responder, sender reports, keyframe-request forwarder, wire
+//! statistics) and connected through ICE and DTLS to a client peer, with datagrams handed over
+//! in memory. Then one 1,200-byte video packet is written per iteration and its SRTP datagram
+//! taken out: `RTCRtpSender::write_rtp` + `poll_write`, the whole per-packet work a server
+//! that drove `rtc` itself would do before its `sendmsg`. With 100 connections written in turn
+//! the figure includes what touching 100 connections' state costs the caches.
+//!
+//! docs/benchmarks.md compares this with the ≈ 22 µs per packet the server spends through the
+//! `webrtc` crate's driver. Run: `cargo bench --bench rtc_send_path`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use yoom::metrics::Metrics;
+use yoom::sfu::codecs::{media_engine_and_interceptors, supported_codecs, MediaDirection};
+use yoom::sfu::wire_stats::{ConnectionStats, Side, WireStatsConfig};
+
+const PAYLOAD_LEN: usize = 1_200;
+
+/// A server-side subscribe connection and the client it is connected to.
+struct Pair {
+    server: RTCPeerConnection,
+    client: RTCPeerConnection,
+    server_addr: SocketAddr,
+    client_addr: SocketAddr,
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    payload_type: u8,
+    connected: [bool; 2],
+}
+
+fn host_candidate(addr: SocketAddr) -> rtc::peer_connection::transport::RTCIceCandidateInit {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .expect("host candidate");
+    RTCIceCandidate::from(&candidate)
+        .to_json()
+        .expect("candidate JSON")
+}
+
+fn peer(direction: MediaDirection, metrics: &Arc<Metrics>) -> RTCPeerConnection {
+    let wire_stats = (direction == MediaDirection::SendOnly).then(|| {
+        WireStatsConfig {
+            side: Side::Subscribe,
+            metrics: metrics.clone(),
+            shared: Arc::new(ConnectionStats::default()),
+        }
+        .build()
+    });
+    let (engine, registry) =
+        media_engine_and_interceptors(direction, wire_stats).expect("codecs and interceptors");
+    RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_setting_engine(SettingEngineBuilder::new().build())
+        .with_media_engine(engine)
+        .with_interceptor_registry(registry)
+        .build(Instant::now())
+        .expect("peer connection")
+}
+
+impl Pair {
+    /// The server offers (it controls ICE on subscribe connections, as Yoom's do) one video
+    /// track with a VP8 encoding.
+    fn new(index: u16, metrics: &Arc<Metrics>) -> Pair {
+        let server_addr = SocketAddr::from(([10, 0, 0, 1], 7882));
+        let client_addr = SocketAddr::from(([10, 0, 1, 1], 20_000 + index));
+        let mut server = peer(MediaDirection::SendOnly, metrics);
+        let mut client = peer(MediaDirection::Both, metrics);
+        let (vp8, _) = supported_codecs()
+            .into_iter()
+            .find(|(c, _)| c.rtp_codec.mime_type.eq_ignore_ascii_case("video/VP8"))
+            .expect("VP8 is supported");
+        let ssrc = 0x1000_0000 + u32::from(index);
+        let sender = server
+            .add_track(MediaStreamTrack::new(
+                format!("publisher-{index}"),
+                format!("video-{index}"),
+                format!("publisher-{index}-video"),
+                RtpCodecKind::Video,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec: vp8.rtp_codec.clone(),
+                    ..Default::default()
+                }],
+            ))
+            .expect("add track");
+        server
+            .add_local_candidate(host_candidate(server_addr))
+            .expect("server candidate");
+        client
+            .add_local_candidate(host_candidate(client_addr))
+            .expect("client candidate");
+        let offer = server.create_offer(None).expect("offer");
+        server
+            .set_local_description(Instant::now(), offer.clone())
+            .expect("server local description");
+        client
+            .set_remote_description(Instant::now(), offer)
+            .expect("client remote description");
+        let answer = client.create_answer(None).expect("answer");
+        client
+            .set_local_description(Instant::now(), answer.clone())
+            .expect("client local description");
+        server
+            .set_remote_description(Instant::now(), answer)
+            .expect("server remote description");
+        Pair {
+            server,
+            client,
+            server_addr,
+            client_addr,
+            sender,
+            ssrc,
+            payload_type: vp8.payload_type,
+            connected: [false; 2],
+        }
+    }
+
+    /// Hands every pending datagram to the other side, handles due timers and notes when both
+    /// sides are connected.
+    fn drive(&mut self, now: Instant) {
+        while let Some(datagram) = self.server.poll_write() {
+            deliver(
+                &mut self.client,
+                datagram,
+                self.client_addr,
+                self.server_addr,
+                now,
+            );
+        }
+        while let Some(datagram) = self.client.poll_write() {
+            deliver(
+                &mut self.server,
+                datagram,
+                self.server_addr,
+                self.client_addr,
+                now,
+            );
+        }
+        for (side, pc) in [&mut self.server, &mut self.client].into_iter().enumerate() {
+            while let Some(event) = pc.poll_event() {
+                if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
+                    assert_ne!(state, RTCPeerConnectionState::Failed, "connection failed");
+                    self.connected[side] |= state == RTCPeerConnectionState::Connected;
+                }
+            }
+            while pc.poll_read().is_some() {}
+            if pc.poll_timeout().is_some_and(|due| due <= now) {
+                pc.handle_timeout(now).expect("timeout");
+            }
+        }
+    }
+
+    fn connected(&self) -> bool {
+        self.connected == [true; 2]
+    }
+
+    /// One packet through the server's `rtc` core: returns the SRTP datagram's length.
+    fn send(&mut self, packet: &rtp::Packet, now: Instant) -> usize {
+        let mut packet = packet.clone();
+        packet.header.ssrc = self.ssrc;
+        packet.header.payload_type = self.payload_type;
+        self.server
+            .rtp_sender(self.sender)
+            .expect("sender")
+            .write_rtp(now, packet)
+            .expect("write_rtp");
+        let mut sent = 0;
+        while let Some(datagram) = self.server.poll_write() {
+            sent += datagram.message.len();
+        }
+        sent
+    }
+}
+
+fn deliver(
+    to: &mut RTCPeerConnection,
+    datagram: TaggedBytesMut,
+    to_addr: SocketAddr,
+    from_addr: SocketAddr,
+    now: Instant,
+) {
+    to.handle_read(TaggedBytesMut {
+        now,
+        transport: TransportContext {
+            local_addr: to_addr,
+            peer_addr: from_addr,
+            transport_protocol: TransportProtocol::UDP,
+            ecn: None,
+        },
+        message: BytesMut::from(&datagram.message[..]),
+    })
+    .expect("handle_read");
+}
+
+/// `n` connected pairs, driven together (ICE paces its checks in real time).
+fn connected_pairs(n: u16) -> Vec<Pair> {
+    let metrics = Arc::new(Metrics::new());
+    let mut pairs: Vec<Pair> = (0..n).map(|i| Pair::new(i, &metrics)).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pairs.iter().all(Pair::connected) {
+        assert!(
+            Instant::now() < deadline,
+            "pairs did not connect within 30 s"
+        );
+        let now = Instant::now();
+        for pair in &mut pairs {
+            pair.drive(now);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Let the handshake's last messages and the first reports settle.
+    for _ in 0..50 {
+        let now = Instant::now();
+        for pair in &mut pairs {
+            pair.drive(now);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    pairs
+}
+
+fn video_packet(seq: u16) -> rtp::Packet {
+    rtp::Packet {
+        header: rtp::header::Header {
+            version: 2,
+            marker: seq.is_multiple_of(4),
+            sequence_number: seq,
+            timestamp: u32::from(seq / 4) * 3_000,
+            ..Default::default()
+        },
+        payload: Bytes::from(vec![0x5a; PAYLOAD_LEN]),
+    }
+}
+
+fn send_path(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rtc send path");
+    g.throughput(Throughput::Elements(1));
+    for n in [1u16, 100] {
+        let mut pairs = connected_pairs(n);
+        let now = Instant::now();
+        for pair in &mut pairs {
+            // A protected packet is the payload plus the RTP header and the auth tag.
+            let sent = pair.send(&video_packet(0), now);
+            assert!(
+                sent > PAYLOAD_LEN + 12,
+                "no SRTP datagram came out ({sent} bytes)"
+            );
+        }
+        let mut seq = 0u16;
+        let mut next = 0usize;
+        let mut packet = video_packet(0);
+        g.bench_function(
+            format!("write_rtp + poll_write of one packet, {n} connection(s) in turn"),
+            |b| {
+                b.iter(|| {
+                    // Every connection gets the same sequence numbers, as subscribers of one
+                    // publisher do; the next number starts when all have had the packet.
+                    if next == 0 {
+                        seq = seq.wrapping_add(1);
+                        packet = video_packet(seq);
+                    }
+                    let sent = pairs[next].send(&packet, Instant::now());
+                    next = (next + 1) % pairs.len();
+                    black_box(sent)
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, send_path);
+criterion_main!(benches);
