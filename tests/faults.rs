@@ -167,10 +167,11 @@ async fn churn_with_media_returns_to_baseline_every_cycle_and_memory_stays_flat(
     host.publish(50).await;
     // Between cycles only the host is left: its publish connection and its subscribe
     // connection (created by the first re-offer when cycle members publish, kept empty
-    // afterwards); its media actor and one ingress task per published track (video, audio).
+    // afterwards); its media actor, one ingress task per published track (video, audio) and
+    // its subscribe connection's driver.
     let steady = Live {
         connections: if publishers > 0 { 2.0 } else { 1.0 },
-        tasks: 3.0,
+        tasks: if publishers > 0 { 4.0 } else { 3.0 },
         members: 1.0,
         tracks: 2.0,
     };
@@ -341,10 +342,11 @@ async fn a_publisher_process_killed_with_sigkill_is_removed_and_its_tracks_withd
     assert_eq!(left["id"], pub_id.as_str());
     watcher.wait_offer_without(offers, &pub_id).await;
     let withdrawn_after = killed_at.elapsed();
-    // The watcher keeps its (now empty) subscribe connection; the publisher's connection, its
-    // ingress tasks and the watcher's egress tasks are gone.
+    // The watcher keeps its (now empty) subscribe connection and that connection's driver
+    // task; the publisher's connection and its ingress tasks are gone.
     let after = Live {
         connections: 1.0,
+        tasks: alone.tasks + 1.0,
         ..alone
     };
     wait_live(server.addr, after, Duration::from_secs(5)).await;

@@ -1,27 +1,21 @@
 //! One forwarded track for one subscriber: rewrites each packet for the subscriber's connection
-//! and hands it to that connection without waiting; turns the subscriber's PLI/FIR into a
-//! keyframe request on the source track.
+//! and hands it to that connection without waiting.
 //!
 //! The track's ingress task calls [`Egress::forward`] for every subscriber in turn (as LiveKit's
 //! down-track spreader does). No task sits between the two: a task per subscriber per track
 //! cost a wake-up and a poll per packet per subscriber, about 12 % of the server's CPU per
-//! packet in a 1 → 100 room, for no isolation the connection's own bounded channel does not
-//! already give.
+//! packet in a 1 → 100 room. The sink is the subscriber's connection itself
+//! ([`crate::sfu::send_connection`]), which encrypts and sends the packet on the spot.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use futures_util::FutureExt;
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp;
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 
 use crate::metrics::Metrics;
 use crate::sfu::forwarder::RtpMunger;
-use crate::sfu::track::{IngressPacket, KeyframeReason, PublishedTrack};
+use crate::sfu::track::IngressPacket;
 
 /// Where one subscriber's copy of a track goes.
 pub trait PacketSink: Send + Sync {
@@ -37,19 +31,6 @@ pub enum SinkWrite {
     Full,
     /// The sink no longer sends (its track was removed, its connection closed).
     Closed,
-}
-
-impl PacketSink for TrackLocalStaticRTP {
-    fn try_write(&self, packet: rtp::Packet) -> SinkWrite {
-        // `write_rtp` completes at once unless the connection's driver channel is full (or the
-        // track is being bound at this instant); a pending write is dropped, never awaited, so
-        // one slow subscriber cannot hold up the ingress serving everyone else.
-        match TrackLocal::write_rtp(self, packet).now_or_never() {
-            Some(Ok(())) => SinkWrite::Written,
-            Some(Err(_)) => SinkWrite::Closed,
-            None => SinkWrite::Full,
-        }
-    }
 }
 
 /// One forwarded track for one subscriber.
@@ -196,31 +177,6 @@ impl Egress {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.finished = true;
         state.munger.clone()
-    }
-}
-
-/// Relays the subscriber's keyframe requests (PLI/FIR) about `local` to its source track.
-/// Ends when the track is unbound (removed, or its connection closed).
-pub async fn relay_keyframe_requests(
-    local: Arc<TrackLocalStaticRTP>,
-    source: Weak<PublishedTrack>,
-    metrics: Arc<Metrics>,
-) {
-    let _task = metrics.task_guard();
-    while let Some(event) = local.poll().await {
-        let TrackLocalEvent::OnRtcpPacket(packets) = event else {
-            continue;
-        };
-        let wants_keyframe = packets.iter().any(|p| {
-            let any = p.as_any();
-            any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-        });
-        if wants_keyframe {
-            metrics.keyframe_requests_in_total.inc();
-            if let Some(source) = source.upgrade() {
-                source.request_keyframe(KeyframeReason::Repair);
-            }
-        }
     }
 }
 

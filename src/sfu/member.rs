@@ -1,5 +1,6 @@
-//! One member's media: its publish connection (the client offers, the server answers) and its
-//! subscribe connection (the server offers every track the member should receive).
+//! One member's media: its publish connection (the client offers, the server answers; a
+//! webrtc-rs connection) and its subscribe connection (the server offers every track the member
+//! should receive; a [`SendConnection`] Yoom drives itself).
 //!
 //! An actor owns both connections and handles one command at a time, so negotiations on a
 //! connection never overlap. Track changes that arrive while the server waits for the client's
@@ -17,22 +18,21 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use tokio::sync::mpsc;
 use tracing::{info, info_span, warn, Instrument};
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     PeerConnection, RTCIceCandidateInit, RTCPeerConnectionState, RTCSessionDescription,
 };
-use webrtc::rtp_transceiver::{RTCRtpSenderId, RtpSender};
+use webrtc::rtp_transceiver::RTCRtpSenderId;
 
 use crate::ids::{MemberId, RoomId};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::sfu::codecs::MediaDirection;
 use crate::sfu::codecs::{same_codec, supported_codecs};
-use crate::sfu::egress::{relay_keyframe_requests, Egress, FirstVideo};
+use crate::sfu::egress::{Egress, FirstVideo};
 use crate::sfu::forwarder::RtpMunger;
 use crate::sfu::peer::{build_peer_connection, EventForwarder, PeerEvent, PeerOptions};
 use crate::sfu::room::SfuRoom;
+use crate::sfu::send_connection::SendConnection;
 use crate::sfu::ssrc_pool::{random_ssrc, SsrcPool};
 use crate::sfu::track::{KeyframeReason, PublishedTrack, TrackId};
 use crate::sfu::transport::{ConnectionTransport, MediaTransport};
@@ -212,8 +212,10 @@ pub fn spawn_member_media(
     }
 }
 
-struct Connection {
-    pc: Arc<dyn PeerConnection>,
+/// A member's connection: `P` is webrtc-rs' connection (publish) or Yoom's own
+/// [`SendConnection`] (subscribe).
+struct Connection<P> {
+    pc: P,
     /// Its sockets and the addresses its candidates must announce.
     transport: Arc<ConnectionTransport>,
     has_remote_description: bool,
@@ -224,8 +226,7 @@ struct Connection {
 /// One track forwarded to this member.
 struct DownTrack {
     source: Arc<PublishedTrack>,
-    local: Arc<TrackLocalStaticRTP>,
-    sender: Arc<dyn RtpSender>,
+    sender: RTCRtpSenderId,
     ssrc: u32,
     state: DownState,
 }
@@ -267,8 +268,8 @@ struct MemberMedia {
     signals: mpsc::UnboundedSender<MediaSignal>,
     events_tx: mpsc::UnboundedSender<(Role, PeerEvent)>,
     ended_tx: mpsc::UnboundedSender<TrackId>,
-    publish: Option<Connection>,
-    subscribe: Option<Connection>,
+    publish: Option<Connection<Arc<dyn PeerConnection>>>,
+    subscribe: Option<Connection<Arc<SendConnection>>>,
     /// Tracks this member publishes.
     published: HashMap<TrackId, Arc<PublishedTrack>>,
     /// Other members' tracks this member should receive.
@@ -362,12 +363,12 @@ impl MemberMedia {
     async fn handle_event(&mut self, role: Role, event: PeerEvent) -> bool {
         match event {
             PeerEvent::Candidate(mut candidate) => {
-                let conn = match role {
-                    Role::Publish => self.publish.as_ref(),
-                    Role::Subscribe => self.subscribe.as_ref(),
+                let transport = match role {
+                    Role::Publish => self.publish.as_ref().map(|c| &c.transport),
+                    Role::Subscribe => self.subscribe.as_ref().map(|c| &c.transport),
                 };
-                if let Some(conn) = conn {
-                    candidate.candidate = conn.transport.announce_candidate(&candidate.candidate);
+                if let Some(transport) = transport {
+                    candidate.candidate = transport.announce_candidate(&candidate.candidate);
                 }
                 self.signal(MediaSignal::Candidate { role, candidate });
             }
@@ -420,78 +421,109 @@ impl MemberMedia {
         self.signal(MediaSignal::Error { tag, kind, message });
     }
 
-    /// The member's connection for `role`, created on first use.
-    async fn connection(
-        &mut self,
+    /// A transport and the options for a new connection of `role`.
+    fn new_connection_parts(
+        &self,
         role: Role,
-    ) -> Result<&mut Connection, (MediaErrorKind, String)> {
-        let slot = match role {
-            Role::Publish => &self.publish,
-            Role::Subscribe => &self.subscribe,
+    ) -> Result<(Arc<ConnectionTransport>, PeerOptions), (MediaErrorKind, String)> {
+        let transport = self.ctx.transport.connection().map_err(|e| {
+            (
+                MediaErrorKind::NoCapacity,
+                format!(
+                    "no media port free for the {} connection: {e}",
+                    role.as_str()
+                ),
+            )
+        })?;
+        let (direction, side, shared) = match role {
+            Role::Publish => (
+                MediaDirection::ReceiveOnly,
+                Side::Publish,
+                Arc::new(ConnectionStats::default()),
+            ),
+            Role::Subscribe => (
+                MediaDirection::SendOnly,
+                Side::Subscribe,
+                self.subscribe_stats.clone(),
+            ),
         };
-        if slot.is_none() {
-            let transport = self.ctx.transport.connection().map_err(|e| {
-                (
-                    MediaErrorKind::NoCapacity,
-                    format!(
-                        "no media port free for the {} connection: {e}",
-                        role.as_str()
-                    ),
-                )
-            })?;
+        let options = PeerOptions {
+            direction,
+            wire_stats: Some(WireStatsConfig {
+                side,
+                metrics: self.ctx.metrics.clone(),
+                shared,
+            }),
+            ..self.ctx.peer_options.clone()
+        };
+        Ok((transport, options))
+    }
+
+    fn connection_created<P>(
+        &self,
+        role: Role,
+        pc: P,
+        transport: Arc<ConnectionTransport>,
+    ) -> Connection<P> {
+        self.ctx
+            .metrics
+            .connection_total
+            .with_label_values(&[role.as_str()])
+            .inc();
+        Connection {
+            pc,
+            transport,
+            has_remote_description: false,
+            pending_candidates: Vec::new(),
+            _live: GaugeGuard::new(self.ctx.metrics.peer_connections.clone()),
+        }
+    }
+
+    fn unavailable(role: Role, error: impl std::fmt::Display) -> (MediaErrorKind, String) {
+        warn!(pc = role.as_str(), error = %error, "cannot create peer connection");
+        (
+            MediaErrorKind::Unavailable,
+            "media is unavailable right now".to_string(),
+        )
+    }
+
+    /// The member's publish connection, created on first use.
+    async fn publish_connection(
+        &mut self,
+    ) -> Result<&mut Connection<Arc<dyn PeerConnection>>, (MediaErrorKind, String)> {
+        if self.publish.is_none() {
+            let role = Role::Publish;
+            let (transport, options) = self.new_connection_parts(role)?;
             let handler = EventForwarder::new(role, self.events_tx.clone());
-            let (direction, side, shared) = match role {
-                Role::Publish => (
-                    MediaDirection::ReceiveOnly,
-                    Side::Publish,
-                    Arc::new(ConnectionStats::default()),
-                ),
-                Role::Subscribe => (
-                    MediaDirection::SendOnly,
-                    Side::Subscribe,
-                    self.subscribe_stats.clone(),
-                ),
-            };
-            let options = PeerOptions {
-                direction,
-                wire_stats: Some(WireStatsConfig {
-                    side,
-                    metrics: self.ctx.metrics.clone(),
-                    shared,
-                }),
-                ..self.ctx.peer_options.clone()
-            };
             let pc = build_peer_connection(&options, handler, Some(&transport))
                 .await
-                .map_err(|e| {
-                    warn!(pc = role.as_str(), error = %e, "cannot create peer connection");
-                    (
-                        MediaErrorKind::Unavailable,
-                        "media is unavailable right now".to_string(),
-                    )
-                })?;
-            self.ctx
-                .metrics
-                .connection_total
-                .with_label_values(&[role.as_str()])
-                .inc();
-            let conn = Connection {
-                pc,
-                transport,
-                has_remote_description: false,
-                pending_candidates: Vec::new(),
-                _live: GaugeGuard::new(self.ctx.metrics.peer_connections.clone()),
-            };
-            match role {
-                Role::Publish => self.publish = Some(conn),
-                Role::Subscribe => self.subscribe = Some(conn),
-            }
+                .map_err(|e| Self::unavailable(role, e))?;
+            self.publish = Some(self.connection_created(role, pc, transport));
         }
-        let conn = match role {
-            Role::Publish => self.publish.as_mut(),
-            Role::Subscribe => self.subscribe.as_mut(),
-        };
-        conn.ok_or((MediaErrorKind::Unavailable, "no connection".to_string()))
+        self.publish
+            .as_mut()
+            .ok_or((MediaErrorKind::Unavailable, "no connection".to_string()))
+    }
+
+    /// The member's subscribe connection, created on first use.
+    fn subscribe_connection(
+        &mut self,
+    ) -> Result<&mut Connection<Arc<SendConnection>>, (MediaErrorKind, String)> {
+        if self.subscribe.is_none() {
+            let role = Role::Subscribe;
+            let (transport, options) = self.new_connection_parts(role)?;
+            let pc = SendConnection::open(
+                &options,
+                &transport,
+                self.events_tx.clone(),
+                self.ctx.metrics.clone(),
+            )
+            .map_err(|e| Self::unavailable(role, e))?;
+            self.subscribe = Some(self.connection_created(role, Arc::new(pc), transport));
+        }
+        self.subscribe
+            .as_mut()
+            .ok_or((MediaErrorKind::Unavailable, "no connection".to_string()))
     }
 
     async fn on_publish_offer(&mut self, sdp: String, tag: ReplyTag) {
@@ -503,7 +535,7 @@ impl MemberMedia {
         if let Err(message) = check_publish_offer(&offer) {
             return self.reply_error(tag, message);
         }
-        let conn = match self.connection(Role::Publish).await {
+        let conn = match self.publish_connection().await {
             Ok(conn) => conn,
             Err((kind, message)) => return self.report_error(tag, kind, message),
         };
@@ -511,7 +543,7 @@ impl MemberMedia {
         if let Err(e) = pc.set_remote_description(offer).await {
             return self.reply_error(tag, format!("`sdp`: offer refused: {e}"));
         }
-        flush_candidates(conn).await;
+        flush_publish_candidates(conn).await;
         let answer = match pc.create_answer(None).await {
             Ok(a) => a,
             Err(e) => {
@@ -576,11 +608,11 @@ impl MemberMedia {
         candidate: RTCIceCandidateInit,
         tag: ReplyTag,
     ) {
-        let conn = match role {
-            Role::Publish => self.publish.as_mut(),
-            Role::Subscribe => self.subscribe.as_mut(),
+        let known = match role {
+            Role::Publish => self.publish.is_some(),
+            Role::Subscribe => self.subscribe.is_some(),
         };
-        let Some(conn) = conn else {
+        if !known {
             return self.reply_error(
                 tag,
                 format!(
@@ -588,20 +620,42 @@ impl MemberMedia {
                     role.as_str()
                 ),
             );
-        };
+        }
         // Checked here too so that a candidate kept for later is refused as promptly as one
         // applied at once (a kept one is otherwise only dropped, with a log line, later).
         if let Err(e) = check_candidate(&candidate) {
             return self.reply_error(tag, e);
         }
-        if !conn.has_remote_description {
-            if conn.pending_candidates.len() >= MAX_PENDING_CANDIDATES {
+        let Some((has_remote, pending)) = (match role {
+            Role::Publish => self
+                .publish
+                .as_mut()
+                .map(|c| (c.has_remote_description, &mut c.pending_candidates)),
+            Role::Subscribe => self
+                .subscribe
+                .as_mut()
+                .map(|c| (c.has_remote_description, &mut c.pending_candidates)),
+        }) else {
+            return;
+        };
+        if !has_remote {
+            if pending.len() >= MAX_PENDING_CANDIDATES {
                 return self.reply_error(tag, "`candidate`: too many candidates".into());
             }
-            conn.pending_candidates.push(candidate);
+            pending.push(candidate);
             return self.ack(tag);
         }
-        match conn.pc.add_ice_candidate(candidate).await {
+        let applied = match role {
+            Role::Publish => match &self.publish {
+                Some(conn) => conn.pc.add_ice_candidate(candidate).await,
+                None => return,
+            },
+            Role::Subscribe => match &self.subscribe {
+                Some(conn) => conn.pc.add_ice_candidate(candidate),
+                None => return,
+            },
+        };
+        match applied {
             Ok(()) => self.ack(tag),
             Err(e) => self.reply_error(tag, format!("`candidate`: {e}")),
         }
@@ -642,7 +696,7 @@ impl MemberMedia {
             return;
         }
         let member = self.member.clone();
-        let conn = match self.connection(Role::Subscribe).await {
+        let conn = match self.subscribe_connection() {
             Ok(conn) => conn,
             Err((kind, message)) => {
                 // Said once: the next change in the room tries again.
@@ -661,7 +715,7 @@ impl MemberMedia {
         // offer would not be.
         for source in new {
             let lease = self.ssrcs.lease(source.kind, random_ssrc);
-            let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            let track = MediaStreamTrack::new(
                 // The msid stream id is the publisher's member id: clients map tracks to tiles.
                 source.publisher.to_string(),
                 format!("{}-{}", kind_str(source.kind), source.id),
@@ -675,15 +729,14 @@ impl MemberMedia {
                     codec: source.codec.clone(),
                     ..Default::default()
                 }],
-            )));
-            match pc.add_track(local.clone() as Arc<dyn TrackLocal>).await {
+            );
+            match pc.add_track(track, Arc::downgrade(&source)) {
                 Ok(sender) => {
-                    self.ssrcs.placed(sender.id());
+                    self.ssrcs.placed(sender);
                     self.forwarding.insert(
                         source.id,
                         DownTrack {
                             source,
-                            local,
                             sender,
                             ssrc: lease.ssrc,
                             state: DownState::Negotiating {
@@ -701,27 +754,23 @@ impl MemberMedia {
         for id in gone {
             if let Some(down) = self.forwarding.remove(&id) {
                 down.source.remove_subscriber(&member);
-                if let Err(e) = pc.remove_track(&down.sender).await {
+                if let Err(e) = pc.remove_track(down.sender) {
                     warn!(track = %id, error = %e, "remove_track failed");
                 }
-                let (kind, ssrc, transceiver) = (down.source.kind, down.ssrc, down.sender.id());
+                let (kind, ssrc, transceiver) = (down.source.kind, down.ssrc, down.sender);
                 self.ssrcs
                     .release(kind, ssrc, transceiver, down.state.finish());
             }
         }
-        let offer = match pc.create_offer(None).await {
-            Ok(o) => o,
-            Err(e) => return self.cannot_offer(e),
-        };
-        if let Err(e) = pc.set_local_description(offer).await {
-            return self.cannot_offer(e);
-        }
-        if let Some(local) = pc.local_description().await {
-            self.offer_sent_at = Some(Instant::now());
-            self.signal(MediaSignal::Offer {
-                role: Role::Subscribe,
-                sdp: transport.announce_sdp(&local.sdp),
-            });
+        match pc.offer() {
+            Ok(local) => {
+                self.offer_sent_at = Some(Instant::now());
+                self.signal(MediaSignal::Offer {
+                    role: Role::Subscribe,
+                    sdp: transport.announce_sdp(&local.sdp),
+                });
+            }
+            Err(e) => self.cannot_offer(e),
         }
     }
 
@@ -753,7 +802,7 @@ impl MemberMedia {
     /// since still ride on the next offer, after this one is answered.
     async fn resend_offer(&mut self) {
         let pending = match &self.subscribe {
-            Some(conn) => conn.pc.pending_local_description().await,
+            Some(conn) => conn.pc.pending_local_description(),
             None => None,
         };
         match (pending, &self.subscribe) {
@@ -786,19 +835,24 @@ impl MemberMedia {
             return;
         };
         let pc = conn.pc.clone();
-        if let Err(e) = pc.set_remote_description(answer).await {
+        if let Err(e) = pc.set_remote_description(answer) {
             self.reply_error(tag, format!("`sdp`: answer refused: {e}"));
             // webrtc-rs can fail half-way through an answer and drop the offer all the same
             // (found by tests/parser_fuzz.rs: a section without `a=mid`). No later answer can
             // be applied then, and media does not flow after a fresh offer on that connection
             // either (tried in tests/media.rs), so it fails like a lost connection.
-            if pc.pending_local_description().await.is_none() {
+            if pc.pending_local_description().is_none() {
                 self.offer_sent_at = None;
                 self.subscribe_unusable();
             }
             return;
         }
-        flush_candidates(conn).await;
+        conn.has_remote_description = true;
+        for candidate in std::mem::take(&mut conn.pending_candidates) {
+            if let Err(e) = pc.add_ice_candidate(candidate) {
+                warn!(error = %e, "buffered remote candidate refused");
+            }
+        }
         self.ssrcs.offer_answered();
         if let Some(sent) = self.offer_sent_at.take() {
             self.ctx
@@ -818,17 +872,15 @@ impl MemberMedia {
     async fn start_new_egresses(&mut self) {
         let negotiating =
             |(_, d): &(&TrackId, &mut DownTrack)| matches!(d.state, DownState::Negotiating { .. });
+        let Some(pc) = self.subscribe.as_ref().map(|c| c.pc.clone()) else {
+            return;
+        };
         for (id, down) in self.forwarding.iter_mut().filter(negotiating) {
-            let params = match down.sender.get_parameters().await {
-                Ok(p) => p,
-                Err(e) => {
-                    warn!(track = %id, error = %e, "no send parameters");
-                    continue;
-                }
+            let Some(codecs) = pc.send_codecs(down.sender) else {
+                warn!(track = %id, "no send parameters");
+                continue;
             };
-            let negotiated = params
-                .rtp_parameters
-                .codecs
+            let negotiated = codecs
                 .iter()
                 .find(|c| same_codec(&c.rtp_codec, &down.source.codec));
             let Some(negotiated) = negotiated else {
@@ -853,20 +905,12 @@ impl MemberMedia {
                 None => RtpMunger::new(down.ssrc, negotiated.payload_type, clock_rate),
             };
             let egress = Arc::new(Egress::new(
-                down.local.clone(),
+                pc.sink(down.sender),
                 munger,
                 self.subscriber_connected.clone(),
                 self.ctx.metrics.clone(),
                 down.source.is_video().then(|| self.first_video.clone()),
             ));
-            tokio::spawn(
-                relay_keyframe_requests(
-                    down.local.clone(),
-                    Arc::downgrade(&down.source),
-                    self.ctx.metrics.clone(),
-                )
-                .in_current_span(),
-            );
             down.source.add_subscriber(&self.member, egress.clone());
             down.state = DownState::Forwarding(egress);
             // Before the connection is up nothing can be sent; the Connected event asks then,
@@ -889,13 +933,13 @@ impl MemberMedia {
         }
         self.wanted.clear();
         self.published.clear();
-        for conn in [self.publish.take(), self.subscribe.take()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(conn) = self.publish.take() {
             if let Err(e) = conn.pc.close().await {
                 warn!(error = %e, "closing peer connection");
             }
+        }
+        if let Some(conn) = self.subscribe.take() {
+            conn.pc.close();
         }
         info!(
             live_peer_connections = self.ctx.metrics.peer_connections.get(),
@@ -966,7 +1010,7 @@ pub fn check_candidate(candidate: &RTCIceCandidateInit) -> Result<(), String> {
         .map_err(|e| format!("`candidate`: not an ICE candidate: {e}"))
 }
 
-async fn flush_candidates(conn: &mut Connection) {
+async fn flush_publish_candidates(conn: &mut Connection<Arc<dyn PeerConnection>>) {
     conn.has_remote_description = true;
     for candidate in std::mem::take(&mut conn.pending_candidates) {
         if let Err(e) = conn.pc.add_ice_candidate(candidate).await {

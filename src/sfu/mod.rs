@@ -17,6 +17,7 @@ pub mod member;
 pub mod peer;
 pub mod report_ssrc;
 pub mod room;
+pub mod send_connection;
 pub mod ssrc_pool;
 pub mod track;
 pub mod track_stats;

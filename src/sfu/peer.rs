@@ -1,5 +1,7 @@
-//! Building a webrtc-rs peer connection the way every Yoom connection needs it, and turning its
-//! callbacks into events on a channel.
+//! Building a webrtc-rs peer connection the way Yoom needs it (a member's publish connection,
+//! and the client peers of the load tool and tests), and turning its callbacks into events on a
+//! channel. Subscribe connections are Yoom's own ([`crate::sfu::send_connection`]) and share
+//! the ICE settings ([`setting_engine`]).
 //!
 //! Callbacks run on the connection's own driver task, so the handler never does work there:
 //! it forwards each event to whoever owns the connection. It holds no reference to the
@@ -15,7 +17,7 @@ use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, SettingEngineBuilder,
+    RTCPeerConnectionState, SettingEngine, SettingEngineBuilder,
 };
 
 use crate::sfu::codecs::{media_engine_and_interceptors, MediaDirection};
@@ -112,33 +114,7 @@ pub async fn build_peer_connection(
     }
     let wire_stats = options.wire_stats.as_ref().map(WireStatsConfig::build);
     let (engine, registry) = media_engine_and_interceptors(options.direction, wire_stats)?;
-    let mut settings = SettingEngineBuilder::new();
-    if let Some(transport) = transport {
-        // Pinned so the shared socket can route a client's first check to this connection.
-        settings = settings.with_ice_credentials(transport.ufrag.clone(), transport.pwd.clone());
-    }
-    let settings = settings
-        // The default (query mode) binds a multicast socket per connection and fails where
-        // there is no multicast; candidates from browsers with mDNS names still connect
-        // through peer-reflexive pairs.
-        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-        .with_ice_timeouts(
-            Some(ICE_DISCONNECTED_TIMEOUT),
-            Some(ICE_FAILED_TIMEOUT),
-            Some(ICE_KEEPALIVE_INTERVAL),
-        )
-        // A client's connectivity checks usually arrive before its trickled candidates, so the
-        // server first knows it as peer-reflexive (behind NAT: server-reflexive). The library
-        // waits 1 s (0.5 s) before nominating such a pair when it controls ICE, which is every
-        // subscribe connection; a pair that passed a check is good enough to start media now.
-        // Relay pairs keep their default wait so a direct path still wins when there is one.
-        .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
-        .with_srflx_acceptance_min_wait(Some(Duration::ZERO))
-        // Pace connectivity checks like browsers do (RFC 8445 Ta = 50 ms) rather than 200 ms:
-        // checks that arrive before the other side is ready are retried sooner. The attempt
-        // count keeps the same ~1.4 s window before a pair is given up.
-        .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(28))
-        .build();
+    let settings = setting_engine(transport);
     let udp_addrs: Vec<SocketAddr> = options
         .udp_ips
         .iter()
@@ -162,6 +138,38 @@ pub async fn build_peer_connection(
         .build()
         .await?;
     Ok(Arc::new(pc))
+}
+
+/// The ICE and mDNS settings every Yoom connection gets. With a `transport` (the server's
+/// connections) the ICE credentials are pinned to the transport's.
+pub fn setting_engine(transport: Option<&Arc<ConnectionTransport>>) -> SettingEngine {
+    let mut settings = SettingEngineBuilder::new();
+    if let Some(transport) = transport {
+        // Pinned so the shared socket can route a client's first check to this connection.
+        settings = settings.with_ice_credentials(transport.ufrag.clone(), transport.pwd.clone());
+    }
+    settings
+        // The default (query mode) binds a multicast socket per connection and fails where
+        // there is no multicast; candidates from browsers with mDNS names still connect
+        // through peer-reflexive pairs.
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .with_ice_timeouts(
+            Some(ICE_DISCONNECTED_TIMEOUT),
+            Some(ICE_FAILED_TIMEOUT),
+            Some(ICE_KEEPALIVE_INTERVAL),
+        )
+        // A client's connectivity checks usually arrive before its trickled candidates, so the
+        // server first knows it as peer-reflexive (behind NAT: server-reflexive). The library
+        // waits 1 s (0.5 s) before nominating such a pair when it controls ICE, which is every
+        // subscribe connection; a pair that passed a check is good enough to start media now.
+        // Relay pairs keep their default wait so a direct path still wins when there is one.
+        .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
+        .with_srflx_acceptance_min_wait(Some(Duration::ZERO))
+        // Pace connectivity checks like browsers do (RFC 8445 Ta = 50 ms) rather than 200 ms:
+        // checks that arrive before the other side is ready are retried sooner. The attempt
+        // count keeps the same ~1.4 s window before a pair is given up.
+        .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(28))
+        .build()
 }
 
 /// The addresses media binds to by default: loopback when signaling is bound to loopback,

@@ -186,6 +186,13 @@ impl ConnectionTransport {
         })
     }
 
+    /// This connection's socket on media address `ip`, for a connection Yoom drives itself
+    /// ([`crate::sfu::send_connection`]). It reports a local address of its own, which
+    /// [`Self::announce_sdp`] rewrites to the announced one, as for webrtc-rs' connections.
+    pub fn open_socket(&self, ip: IpAddr) -> io::Result<Arc<dyn AsyncUdpSocket>> {
+        self.wrap(std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?)
+    }
+
     /// Replaces the socket the driver bound (`throwaway`) with this connection's real one.
     fn wrap(&self, throwaway: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
         let reported = throwaway.local_addr()?;

@@ -1,0 +1,437 @@
+//! A member's subscribe connection, driven by Yoom itself over webrtc-rs' sans-IO core (`rtc`)
+//! instead of through the `webrtc` crate's per-connection driver.
+//!
+//! Why: a subscribe connection carries one packet per forwarded packet per subscriber, the
+//! server's hot path. Through the `webrtc` crate each of those packets crossed a channel, woke
+//! the connection's driver task and paid a full turn of its event loop (three lock
+//! acquisitions, a fresh timer, a `select!` over every source) before `rtc` encrypted it:
+//! about half of the server's CPU per packet (docs/benchmarks.md). Here the track's ingress task
+//! writes the packet into the connection's `rtc` core and sends the datagram itself, under a
+//! lock only this connection's writers and driver take. The driver task is left with what is
+//! not per packet: datagrams from the subscriber (ICE, DTLS, RTCP), timers, and signaling.
+//!
+//! Only what a server-side send-only connection needs is here: host candidates on the
+//! connection's transport (shared UDP port or leased port), no TURN (the server is reachable
+//! itself), no data channels.
+
+use std::collections::HashMap;
+use std::io::IoSliceMut;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::media_stream::{MediaStreamTrack, MediaStreamTrackId};
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters;
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::sansio::Protocol;
+use rtc::shared::error::{Error, Result};
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, Instrument};
+use webrtc::runtime::{AsyncUdpSocket, RecvMeta, Transmit};
+
+use crate::metrics::Metrics;
+use crate::sfu::codecs::{media_engine_and_interceptors, MediaDirection};
+use crate::sfu::egress::{PacketSink, SinkWrite};
+use crate::sfu::member::Role;
+use crate::sfu::peer::{setting_engine, PeerError, PeerEvent, PeerOptions};
+use crate::sfu::track::{KeyframeReason, PublishedTrack};
+use crate::sfu::transport::ConnectionTransport;
+
+/// Largest datagram read from a subscriber (RTCP, STUN and DTLS are far smaller).
+const RECV_BUF_BYTES: usize = 2048;
+/// Least time between two timeouts handled.
+const MIN_TIMEOUT_INTERVAL: Duration = Duration::from_millis(1);
+/// How long the driver sleeps when `rtc` has no timer at all.
+const IDLE_WAIT: Duration = Duration::from_secs(3600);
+
+/// One subscribe connection. Dropping it closes the connection.
+pub struct SendConnection {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    core: Mutex<Core>,
+    /// Wakes the driver: signaling changed something, a first packet armed a timer, or
+    /// the connection is closing.
+    wake: Notify,
+    sockets: Vec<(SocketAddr, Arc<dyn AsyncUdpSocket>)>,
+    closed: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+struct Core {
+    pc: RTCPeerConnection,
+    /// Whose keyframe a subscriber's PLI/FIR about a local track asks for.
+    keyframe_sources: HashMap<MediaStreamTrackId, Weak<PublishedTrack>>,
+}
+
+impl SendConnection {
+    /// Builds the connection on `transport`'s sockets and starts its driver, which reports
+    /// state changes to `events` as `Role::Subscribe`.
+    pub fn open(
+        options: &PeerOptions,
+        transport: &Arc<ConnectionTransport>,
+        events: mpsc::UnboundedSender<(Role, PeerEvent)>,
+        metrics: Arc<Metrics>,
+    ) -> std::result::Result<SendConnection, PeerError> {
+        if options.udp_ips.is_empty() {
+            return Err(PeerError::NoAddress);
+        }
+        let wire_stats = options.wire_stats.as_ref().map(|w| w.build());
+        let (engine, registry) =
+            media_engine_and_interceptors(MediaDirection::SendOnly, wire_stats)?;
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(setting_engine(Some(transport)))
+            .with_media_engine(engine)
+            .with_interceptor_registry(registry)
+            .build(Instant::now())?;
+        let mut sockets = Vec::new();
+        for ip in &options.udp_ips {
+            let socket = transport
+                .open_socket(*ip)
+                .map_err(|e| Error::Other(format!("media socket on {ip}: {e}")))?;
+            let local = socket
+                .local_addr()
+                .map_err(|e| Error::Other(format!("media socket on {ip}: {e}")))?;
+            pc.add_local_candidate(host_candidate(local)?)?;
+            sockets.push((local, socket));
+        }
+        let shared = Arc::new(Shared {
+            core: Mutex::new(Core {
+                pc,
+                keyframe_sources: HashMap::new(),
+            }),
+            wake: Notify::new(),
+            sockets,
+            closed: AtomicBool::new(false),
+            metrics,
+        });
+        tokio::spawn(drive(shared.clone(), events).in_current_span());
+        Ok(SendConnection { shared })
+    }
+
+    /// Adds `track` (sent on the SSRC of its one encoding); a PLI/FIR about it asks `source`
+    /// for a keyframe.
+    pub fn add_track(
+        &self,
+        track: MediaStreamTrack,
+        source: Weak<PublishedTrack>,
+    ) -> Result<RTCRtpSenderId> {
+        let mut core = self.shared.lock();
+        let track_id = track.track_id().clone();
+        let sender = core.pc.add_track(track)?;
+        core.keyframe_sources.insert(track_id, source);
+        Ok(sender)
+    }
+
+    pub fn remove_track(&self, sender: RTCRtpSenderId) -> Result<()> {
+        let mut core = self.shared.lock();
+        if let Some(s) = core.pc.rtp_sender(sender) {
+            let id = s.track().track_id().clone();
+            core.keyframe_sources.remove(&id);
+        }
+        let result = core.pc.remove_track(sender);
+        drop(core);
+        self.shared.wake.notify_one();
+        result
+    }
+
+    /// Creates an offer, applies it locally and returns the local description.
+    pub fn offer(&self) -> Result<RTCSessionDescription> {
+        let mut core = self.shared.lock();
+        let offer = core.pc.create_offer(None)?;
+        core.pc.set_local_description(Instant::now(), offer)?;
+        let local = core
+            .pc
+            .local_description()
+            .ok_or_else(|| Error::Other("no local description after applying the offer".into()));
+        drop(core);
+        self.shared.wake.notify_one();
+        local
+    }
+
+    pub fn pending_local_description(&self) -> Option<RTCSessionDescription> {
+        self.shared.lock().pc.pending_local_description()
+    }
+
+    pub fn set_remote_description(&self, answer: RTCSessionDescription) -> Result<()> {
+        let result = self
+            .shared
+            .lock()
+            .pc
+            .set_remote_description(Instant::now(), answer);
+        self.shared.wake.notify_one();
+        result
+    }
+
+    pub fn add_ice_candidate(&self, candidate: RTCIceCandidateInit) -> Result<()> {
+        let result = self.shared.lock().pc.add_remote_candidate(candidate);
+        self.shared.wake.notify_one();
+        result
+    }
+
+    /// The codecs negotiated for `sender`, in the subscriber's order of preference.
+    pub fn send_codecs(&self, sender: RTCRtpSenderId) -> Option<Vec<RTCRtpCodecParameters>> {
+        let mut core = self.shared.lock();
+        let mut s = core.pc.rtp_sender(sender)?;
+        Some(s.get_parameters().rtp_parameters.codecs.clone())
+    }
+
+    /// Where an egress hands `sender`'s packets.
+    pub fn sink(&self, sender: RTCRtpSenderId) -> Arc<dyn PacketSink> {
+        Arc::new(SenderSink {
+            shared: self.shared.clone(),
+            sender,
+            wrote: AtomicBool::new(false),
+        })
+    }
+
+    /// Closes the connection (the driver sends what closing produces, e.g. DTLS close_notify,
+    /// and stops).
+    pub fn close(&self) {
+        if !self.shared.closed.swap(true, Ordering::AcqRel) {
+            if let Err(e) = self.shared.lock().pc.close() {
+                debug!(error = %e, "closing the subscribe connection");
+            }
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+impl Drop for SendConnection {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // A panic while holding the lock leaves `rtc`'s state as it was mid-call; it is still
+        // the best there is, and the connection is torn down soon after either way.
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends every datagram `rtc` has ready. Never waits: a socket that cannot take one now
+    /// drops it (UDP semantics; NACK or the next keyframe repairs media).
+    fn flush_writes(&self, pc: &mut RTCPeerConnection) {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        while let Some(datagram) = pc.poll_write() {
+            let Some((_, socket)) = self
+                .sockets
+                .iter()
+                .find(|(local, _)| *local == datagram.transport.local_addr)
+                .or_else(|| self.sockets.first())
+            else {
+                return;
+            };
+            let transmit = Transmit {
+                destination: datagram.transport.peer_addr,
+                ecn: None,
+                contents: &datagram.message,
+                segment_size: None,
+                src_ip: None,
+            };
+            match socket.poll_send(&mut cx, &transmit) {
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => debug!(error = %e, "send to subscriber failed"),
+                Poll::Pending => {
+                    self.metrics
+                        .udp_mux_drops
+                        .with_label_values(&["send_buffer_full"])
+                        .inc();
+                }
+            }
+        }
+    }
+}
+
+/// Everything `rtc` has for the application after a step: datagrams to send, state changes,
+/// the subscriber's keyframe requests. Returns when `rtc` next wants a timeout.
+fn after_step(
+    shared: &Shared,
+    core: &mut Core,
+    events: &mpsc::UnboundedSender<(Role, PeerEvent)>,
+) -> Option<Instant> {
+    shared.flush_writes(&mut core.pc);
+    while let Some(event) = core.pc.poll_event() {
+        if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
+            let _ = events.send((Role::Subscribe, PeerEvent::State(state)));
+        }
+    }
+    while let Some(TaggedRTCMessage { message, .. }) = core.pc.poll_read() {
+        let RTCMessage::RtcpPacket(track_id, packets) = message else {
+            continue;
+        };
+        let wants_keyframe = packets.iter().any(|p| {
+            let any = p.as_any();
+            any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+        });
+        if wants_keyframe {
+            shared.metrics.keyframe_requests_in_total.inc();
+            if let Some(source) = core.keyframe_sources.get(&track_id).and_then(Weak::upgrade) {
+                source.request_keyframe(KeyframeReason::Repair);
+            }
+        }
+    }
+    // Reading may have queued answers (STUN responses, DTLS, RTCP): send them now.
+    shared.flush_writes(&mut core.pc);
+    core.pc.poll_timeout()
+}
+
+/// The connection's driver: datagrams from the subscriber, timers and signaling changes.
+async fn drive(shared: Arc<Shared>, events: mpsc::UnboundedSender<(Role, PeerEvent)>) {
+    // Counted, so a driver that outlives its member shows in `yoom_media_tasks`.
+    let _task = shared.metrics.task_guard();
+    let mut bufs: Vec<Vec<u8>> = shared
+        .sockets
+        .iter()
+        .map(|_| vec![0u8; RECV_BUF_BYTES])
+        .collect();
+    let sleep = tokio::time::sleep(IDLE_WAIT);
+    tokio::pin!(sleep);
+    let mut last_timeout: Option<Instant> = None;
+    loop {
+        let deadline = {
+            let mut core = shared.lock();
+            let deadline = after_step(&shared, &mut core, &events);
+            if shared.closed.load(Ordering::Acquire) {
+                break;
+            }
+            deadline
+        };
+        let mut deadline = deadline.unwrap_or_else(|| Instant::now() + IDLE_WAIT);
+        if let Some(last) = last_timeout {
+            // A timer source that keeps reporting a deadline already past (webrtc-rs#862)
+            // would spin this loop; protocol timers are millisecond-grained, so waiting out
+            // the millisecond loses nothing and keeps sockets and signaling served.
+            deadline = deadline.max(last + MIN_TIMEOUT_INTERVAL);
+        }
+        sleep
+            .as_mut()
+            .reset(tokio::time::Instant::from_std(deadline));
+        tokio::select! {
+            () = shared.wake.notified() => {}
+            () = &mut sleep => {
+                let now = Instant::now();
+                last_timeout = Some(now);
+                let mut core = shared.lock();
+                if let Err(e) = core.pc.handle_timeout(now) {
+                    debug!(error = %e, "subscribe connection timeout handling");
+                }
+            }
+            received = recv_any(&shared.sockets, &mut bufs) => match received {
+                Ok((index, n, stride, from)) => {
+                    let local = shared.sockets[index].0;
+                    let now = Instant::now();
+                    let mut core = shared.lock();
+                    for datagram in bufs[index][..n].chunks(stride.max(1)) {
+                        let message = TaggedBytesMut {
+                            now,
+                            transport: TransportContext {
+                                local_addr: local,
+                                peer_addr: from,
+                                transport_protocol: TransportProtocol::UDP,
+                                ecn: None,
+                            },
+                            message: BytesMut::from(datagram),
+                        };
+                        if let Err(e) = core.pc.handle_read(message) {
+                            // A bad datagram from the network is the sender's problem.
+                            debug!(error = %e, %from, "datagram refused");
+                        }
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "subscribe connection's socket stopped");
+                    break;
+                }
+            },
+        }
+    }
+}
+
+/// The next datagram (or GRO run of them) from any of the connection's sockets: which socket,
+/// its length, its segment size, and where it came from.
+async fn recv_any(
+    sockets: &[(SocketAddr, Arc<dyn AsyncUdpSocket>)],
+    bufs: &mut [Vec<u8>],
+) -> std::io::Result<(usize, usize, usize, SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        for (index, ((_, socket), buf)) in sockets.iter().zip(bufs.iter_mut()).enumerate() {
+            let mut meta = [RecvMeta::default()];
+            let mut slices = [IoSliceMut::new(buf)];
+            match socket.poll_recv(cx, &mut slices, &mut meta) {
+                Poll::Ready(Ok(0)) | Poll::Pending => {}
+                Poll::Ready(Ok(_)) => {
+                    return Poll::Ready(Ok((index, meta[0].len, meta[0].stride, meta[0].addr)))
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()?;
+    RTCIceCandidate::from(&candidate).to_json()
+}
+
+/// One local track's packets, written into the connection's `rtc` core and sent by the caller
+/// (the source track's ingress task).
+struct SenderSink {
+    shared: Arc<Shared>,
+    sender: RTCRtpSenderId,
+    /// Whether a packet was written yet: the first one arms `rtc`'s sender-report timer, which
+    /// the driver must learn about.
+    wrote: AtomicBool,
+}
+
+impl PacketSink for SenderSink {
+    fn try_write(&self, packet: rtp::Packet) -> SinkWrite {
+        if self.shared.closed.load(Ordering::Relaxed) {
+            return SinkWrite::Closed;
+        }
+        let mut core = self.shared.lock();
+        let Some(mut sender) = core.pc.rtp_sender(self.sender) else {
+            return SinkWrite::Closed;
+        };
+        if sender.write_rtp(Instant::now(), packet).is_err() {
+            return SinkWrite::Closed;
+        }
+        self.shared.flush_writes(&mut core.pc);
+        drop(core);
+        if !self.wrote.load(Ordering::Relaxed) && !self.wrote.swap(true, Ordering::Relaxed) {
+            self.shared.wake.notify_one();
+        }
+        SinkWrite::Written
+    }
+}
