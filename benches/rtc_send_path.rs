@@ -23,7 +23,6 @@ use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -34,6 +33,7 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use yoom::metrics::Metrics;
 use yoom::sfu::codecs::{media_engine_and_interceptors, supported_codecs, MediaDirection};
+use yoom::sfu::send_connection::host_candidate;
 use yoom::sfu::wire_stats::{ConnectionStats, Side, WireStatsConfig};
 
 const PAYLOAD_LEN: usize = 1_200;
@@ -48,24 +48,6 @@ struct Pair {
     ssrc: u32,
     payload_type: u8,
     connected: [bool; 2],
-}
-
-fn host_candidate(addr: SocketAddr) -> rtc::peer_connection::transport::RTCIceCandidateInit {
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: addr.ip().to_string(),
-            port: addr.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()
-    .expect("host candidate");
-    RTCIceCandidate::from(&candidate)
-        .to_json()
-        .expect("candidate JSON")
 }
 
 fn peer(direction: MediaDirection, metrics: &Arc<Metrics>) -> RTCPeerConnection {
@@ -118,10 +100,10 @@ impl Pair {
             ))
             .expect("add track");
         server
-            .add_local_candidate(host_candidate(server_addr))
+            .add_local_candidate(host_candidate(server_addr).expect("host candidate"))
             .expect("server candidate");
         client
-            .add_local_candidate(host_candidate(client_addr))
+            .add_local_candidate(host_candidate(client_addr).expect("host candidate"))
             .expect("client candidate");
         let offer = server.create_offer(None).expect("offer");
         server

@@ -390,7 +390,8 @@ async fn recv_any(
     .await
 }
 
-fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit> {
+/// A UDP host candidate for `addr`.
+pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit> {
     let candidate = CandidateHostConfig {
         base_config: CandidateConfig {
             network: "udp".to_owned(),
