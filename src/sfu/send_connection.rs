@@ -269,7 +269,6 @@ fn after_step(
     core: &mut Core,
     events: &mpsc::UnboundedSender<(Role, PeerEvent)>,
 ) -> Option<Instant> {
-    shared.flush_writes(&mut core.pc);
     while let Some(event) = core.pc.poll_event() {
         if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
             let _ = events.send((Role::Subscribe, PeerEvent::State(state)));
@@ -290,7 +289,7 @@ fn after_step(
             }
         }
     }
-    // Reading may have queued answers (STUN responses, DTLS, RTCP): send them now.
+    // Last, so it also sends what draining the reads queued (STUN responses, DTLS, RTCP).
     shared.flush_writes(&mut core.pc);
     core.pc.poll_timeout()
 }
