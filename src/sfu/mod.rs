@@ -18,6 +18,7 @@ pub mod peer;
 pub mod report_ssrc;
 pub mod room;
 pub mod send_connection;
+pub mod srtp_keys;
 pub mod ssrc_pool;
 pub mod track;
 pub mod track_stats;
