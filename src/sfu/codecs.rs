@@ -8,8 +8,8 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use rtc::interceptor::{
-    Attribute, AttributedPacket, Interceptor, NackGeneratorBuilder, NackResponderBuilder, Packet,
-    ReceiverReportBuilder, SenderReportBuilder, Slot, StreamInfo, TaggedPacket,
+    Attribute, AttributedPacket, Interceptor, NackGeneratorBuilder, Packet, ReceiverReportBuilder,
+    Slot, StreamInfo, TaggedPacket,
 };
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_simulcast_extension_headers, configure_twcc_receiver_only,
@@ -19,6 +19,7 @@ use rtc::peer_connection::configuration::media_engine::{
 };
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
 };
@@ -148,17 +149,24 @@ pub fn media_engine_and_interceptors(
                 .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
             configure_twcc_receiver_only(registry, &mut engine)?
         }
+        // Yoom sends the media of a send-only connection itself, and answers NACKs and sends
+        // sender reports for it (`outbound_stream`): `rtc`'s responder and reporter would see
+        // none of its packets.
         MediaDirection::SendOnly => {
             register_nack_feedback(&mut engine);
             Registry::new()
-                .with(Slot::NackResponder, NackResponderBuilder::new().build())
-                .with(Slot::SenderReport, SenderReportBuilder::new().build())
         }
     };
     let registry = match direction {
         MediaDirection::ReceiveOnly => registry,
         // The application-most slot (the default chain ends at 11_000).
-        _ => registry.with(Slot::from(14_000), KeyframeRequestForwarder::default()),
+        MediaDirection::Both => {
+            registry.with(Slot::from(14_000), FeedbackForwarder::keyframe_requests())
+        }
+        MediaDirection::SendOnly => registry.with(
+            Slot::from(14_000),
+            FeedbackForwarder::keyframe_requests_and_nacks(),
+        ),
     };
     let registry = match direction {
         // Nothing to report from on a send-only connection (and one interceptor fewer on the
@@ -186,17 +194,42 @@ fn register_nack_feedback(engine: &mut MediaEngine) {
     }
 }
 
-/// Passes PLI and FIR up to the application (the end of the chain drops all other RTCP).
+/// Passes PLI and FIR, and NACK where Yoom answers them itself, up to the application (the
+/// end of the chain drops all other RTCP).
 ///
 /// Each request becomes its own message because a compound RTCP message is routed to a track
 /// by the SSRC of its first packet only.
-#[derive(Default)]
-pub struct KeyframeRequestForwarder {
+pub struct FeedbackForwarder {
+    nacks: bool,
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
+impl FeedbackForwarder {
+    pub fn keyframe_requests() -> FeedbackForwarder {
+        FeedbackForwarder {
+            nacks: false,
+            read_queue: VecDeque::new(),
+            write_queue: VecDeque::new(),
+        }
+    }
+
+    pub fn keyframe_requests_and_nacks() -> FeedbackForwarder {
+        FeedbackForwarder {
+            nacks: true,
+            ..FeedbackForwarder::keyframe_requests()
+        }
+    }
+
+    fn forwards(nacks: bool, packet: &dyn rtc::rtcp::packet::Packet) -> bool {
+        let any = packet.as_any();
+        any.is::<PictureLossIndication>()
+            || any.is::<FullIntraRequest>()
+            || (nacks && any.is::<TransportLayerNack>())
+    }
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackForwarder {
     type Rout = TaggedPacket;
     type Wout = TaggedPacket;
     type Eout = ();
@@ -206,10 +239,8 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
     fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
         match &msg.message.packet {
             Packet::Rtcp(packets) => {
-                for p in packets.iter().filter(|p| {
-                    let any = p.as_any();
-                    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-                }) {
+                let nacks = self.nacks;
+                for p in packets.iter().filter(|p| Self::forwards(nacks, p.as_ref())) {
                     let mut message = AttributedPacket::new(Packet::Rtcp(vec![p.clone()]));
                     message.attributes = msg.message.attributes.clone();
                     message.add(Attribute::DeliverToApplication);
@@ -239,7 +270,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
     }
 }
 
-impl Interceptor for KeyframeRequestForwarder {
+impl Interceptor for FeedbackForwarder {
     fn bind_local_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}

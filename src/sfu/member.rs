@@ -896,6 +896,10 @@ impl MemberMedia {
                 };
                 continue;
             };
+            let Some(sink) = pc.sink(down.sender) else {
+                warn!(track = %id, "no sender for this track on the subscribe connection");
+                continue;
+            };
             let clock_rate = down.source.codec.clock_rate;
             let munger = match down.state.take_numbering() {
                 Some(mut munger) => {
@@ -905,7 +909,7 @@ impl MemberMedia {
                 None => RtpMunger::new(down.ssrc, negotiated.payload_type, clock_rate),
             };
             let egress = Arc::new(Egress::new(
-                pc.sink(down.sender),
+                sink,
                 munger,
                 self.subscriber_connected.clone(),
                 self.ctx.metrics.clone(),

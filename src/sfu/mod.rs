@@ -14,6 +14,7 @@ pub mod codecs;
 pub mod egress;
 pub mod forwarder;
 pub mod member;
+pub mod outbound_stream;
 pub mod peer;
 pub mod report_ssrc;
 pub mod room;

@@ -143,6 +143,13 @@ pub async fn build_peer_connection(
 /// The ICE and mDNS settings every Yoom connection gets. With a `transport` (the server's
 /// connections) the ICE credentials are pinned to the transport's.
 pub fn setting_engine(transport: Option<&Arc<ConnectionTransport>>) -> SettingEngine {
+    setting_engine_builder(transport).build()
+}
+
+/// [`setting_engine`] before it is built, for a connection that adds settings of its own.
+pub fn setting_engine_builder(
+    transport: Option<&Arc<ConnectionTransport>>,
+) -> SettingEngineBuilder {
     let mut settings = SettingEngineBuilder::new();
     if let Some(transport) = transport {
         // Pinned so the shared socket can route a client's first check to this connection.
@@ -169,7 +176,6 @@ pub fn setting_engine(transport: Option<&Arc<ConnectionTransport>>) -> SettingEn
         // checks that arrive before the other side is ready are retried sooner. The attempt
         // count keeps the same ~1.4 s window before a pair is given up.
         .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(28))
-        .build()
 }
 
 /// The addresses media binds to by default: loopback when signaling is bound to loopback,

@@ -6,9 +6,12 @@
 //! the connection's driver task and paid a full turn of its event loop (three lock
 //! acquisitions, a fresh timer, a `select!` over every source) before `rtc` encrypted it:
 //! about half of the server's CPU per packet (docs/benchmarks.md). Here the track's ingress task
-//! writes the packet into the connection's `rtc` core and sends the datagram itself, under a
-//! lock only this connection's writers and driver take. The driver task is left with what is
-//! not per packet: datagrams from the subscriber (ICE, DTLS, RTCP), timers, and signaling.
+//! protects the packet with the connection's SRTP keys and sends the datagram itself
+//! (`outbound_stream`), under a lock only that track's stream takes: `rtc`'s generic handler
+//! chain (interceptors, messages moved by value through eight handlers) is off the per-packet
+//! path, and `rtc` keeps ICE, DTLS, signaling and RTCP. The keys come from `srtp_keys`. The
+//! driver task is left with what is not per packet: datagrams from the subscriber (ICE, DTLS,
+//! RTCP; NACKs are answered from the stream's history), timers, sender reports, and signaling.
 //!
 //! Only what a server-side send-only connection needs is here: host candidates on the
 //! connection's transport (shared UDP port or leased port), no TURN (the server is reachable
@@ -16,9 +19,9 @@
 
 use std::collections::HashMap;
 use std::io::IoSliceMut;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -34,8 +37,9 @@ use rtc::peer_connection::transport::{
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp;
-use rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodecParameters, RtpCodecKind};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
 use rtc::shared::error::{Error, Result};
@@ -48,7 +52,9 @@ use crate::metrics::Metrics;
 use crate::sfu::codecs::{media_engine_and_interceptors, MediaDirection};
 use crate::sfu::egress::{PacketSink, SinkWrite};
 use crate::sfu::member::Role;
-use crate::sfu::peer::{setting_engine, PeerError, PeerEvent, PeerOptions};
+use crate::sfu::outbound_stream::{OutboundStream, Route, SendFailure};
+use crate::sfu::peer::{setting_engine_builder, PeerError, PeerEvent, PeerOptions};
+use crate::sfu::srtp_keys::{capturable_profiles, KeyCapture, SrtpKeys};
 use crate::sfu::track::{KeyframeReason, PublishedTrack};
 use crate::sfu::transport::ConnectionTransport;
 
@@ -58,6 +64,8 @@ const RECV_BUF_BYTES: usize = 2048;
 const MIN_TIMEOUT_INTERVAL: Duration = Duration::from_millis(1);
 /// How long the driver sleeps when `rtc` has no timer at all.
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
+/// Between two sender reports on a stream (as `rtc`'s sender-report interceptor).
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One subscribe connection. Dropping it closes the connection.
 pub struct SendConnection {
@@ -70,14 +78,29 @@ struct Shared {
     /// the connection is closing.
     wake: Notify,
     sockets: Vec<(SocketAddr, Arc<dyn AsyncUdpSocket>)>,
+    /// Where media goes; `None` until ICE has a nominated pair and DTLS gave the keys. Read
+    /// per packet, written by the driver when the pair changes.
+    route: RwLock<Option<Arc<Route>>>,
     closed: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
 struct Core {
     pc: RTCPeerConnection,
-    /// Whose keyframe a subscriber's PLI/FIR about a local track asks for.
-    keyframe_sources: HashMap<MediaStreamTrackId, Weak<PublishedTrack>>,
+    outbound: HashMap<MediaStreamTrackId, Outbound>,
+    capture: Arc<KeyCapture>,
+    keys: Option<SrtpKeys>,
+    /// (local, remote) of the route last published.
+    route_addrs: Option<(SocketAddr, SocketAddr)>,
+    route_generation: u64,
+    next_report: Instant,
+}
+
+struct Outbound {
+    stream: Arc<OutboundStream>,
+    /// Whose keyframe a subscriber's PLI/FIR about this track asks for.
+    source: Weak<PublishedTrack>,
+    ssrc: u32,
 }
 
 impl SendConnection {
@@ -95,9 +118,14 @@ impl SendConnection {
         let wire_stats = options.wire_stats.as_ref().map(|w| w.build());
         let (engine, registry) =
             media_engine_and_interceptors(MediaDirection::SendOnly, wire_stats)?;
+        let capture = KeyCapture::new().map_err(|e| Error::Other(format!("crypto: {e}")))?;
+        let settings = setting_engine_builder(Some(transport))
+            .with_crypto_provider(capture.clone())
+            .with_srtp_protection_profiles(capturable_profiles())
+            .build();
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_setting_engine(setting_engine(Some(transport)))
+            .with_setting_engine(settings)
             .with_media_engine(engine)
             .with_interceptor_registry(registry)
             .build(Instant::now())?;
@@ -115,10 +143,16 @@ impl SendConnection {
         let shared = Arc::new(Shared {
             core: Mutex::new(Core {
                 pc,
-                keyframe_sources: HashMap::new(),
+                outbound: HashMap::new(),
+                capture,
+                keys: None,
+                route_addrs: None,
+                route_generation: 0,
+                next_report: Instant::now() + REPORT_INTERVAL,
             }),
             wake: Notify::new(),
             sockets,
+            route: RwLock::new(None),
             closed: AtomicBool::new(false),
             metrics,
         });
@@ -135,8 +169,20 @@ impl SendConnection {
     ) -> Result<RTCRtpSenderId> {
         let mut core = self.shared.lock();
         let track_id = track.track_id().clone();
+        let kind = track.kind();
+        let ssrc = track
+            .ssrcs()
+            .next()
+            .ok_or_else(|| Error::Other("a track to send needs an SSRC".into()))?;
         let sender = core.pc.add_track(track)?;
-        core.keyframe_sources.insert(track_id, source);
+        core.outbound.insert(
+            track_id,
+            Outbound {
+                stream: OutboundStream::new(sender, kind == RtpCodecKind::Video),
+                source,
+                ssrc,
+            },
+        );
         Ok(sender)
     }
 
@@ -144,7 +190,7 @@ impl SendConnection {
         let mut core = self.shared.lock();
         if let Some(s) = core.pc.rtp_sender(sender) {
             let id = s.track().track_id().clone();
-            core.keyframe_sources.remove(&id);
+            core.outbound.remove(&id);
         }
         let result = core.pc.remove_track(sender);
         drop(core);
@@ -193,13 +239,20 @@ impl SendConnection {
         Some(s.get_parameters().rtp_parameters.codecs.clone())
     }
 
-    /// Where an egress hands `sender`'s packets.
-    pub fn sink(&self, sender: RTCRtpSenderId) -> Arc<dyn PacketSink> {
-        Arc::new(SenderSink {
+    /// Where an egress hands `sender`'s packets; `None` if `sender` is not one of this
+    /// connection's tracks.
+    pub fn sink(&self, sender: RTCRtpSenderId) -> Option<Arc<dyn PacketSink>> {
+        let core = self.shared.lock();
+        let stream = core
+            .outbound
+            .values()
+            .find(|o| o.stream.sender() == sender)?
+            .stream
+            .clone();
+        Some(Arc::new(SenderSink {
             shared: self.shared.clone(),
-            sender,
-            wrote: AtomicBool::new(false),
-        })
+            stream,
+        }))
     }
 
     /// Closes the connection (the driver sends what closing produces, e.g. DTLS close_notify,
@@ -221,6 +274,10 @@ impl Drop for SendConnection {
 }
 
 impl Shared {
+    fn route(&self) -> Option<Arc<Route>> {
+        self.route.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Core> {
         // A panic while holding the lock leaves `rtc`'s state as it was mid-call; it is still
         // the best there is, and the connection is torn down soon after either way.
@@ -269,6 +326,8 @@ fn after_step(
     core: &mut Core,
     events: &mpsc::UnboundedSender<(Role, PeerEvent)>,
 ) -> Option<Instant> {
+    // Before the state events: media may flow once "connected" is out.
+    update_route(shared, core);
     while let Some(event) = core.pc.poll_event() {
         if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
             let _ = events.send((Role::Subscribe, PeerEvent::State(state)));
@@ -278,20 +337,122 @@ fn after_step(
         let RTCMessage::RtcpPacket(track_id, packets) = message else {
             continue;
         };
-        let wants_keyframe = packets.iter().any(|p| {
+        let Some(outbound) = core.outbound.get(&track_id) else {
+            continue;
+        };
+        let mut wants_keyframe = false;
+        for p in &packets {
             let any = p.as_any();
-            any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-        });
+            if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                let route = shared.route();
+                outbound
+                    .stream
+                    .retransmit(route.as_ref(), nack, &shared.metrics);
+            } else if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                wants_keyframe = true;
+            }
+        }
         if wants_keyframe {
             shared.metrics.keyframe_requests_in_total.inc();
-            if let Some(source) = core.keyframe_sources.get(&track_id).and_then(Weak::upgrade) {
+            if let Some(source) = outbound.source.upgrade() {
                 source.request_keyframe(KeyframeReason::Repair);
             }
         }
     }
+    let now = Instant::now();
+    if now >= core.next_report {
+        send_reports(core, now);
+        core.next_report = now + REPORT_INTERVAL;
+    }
     // Last, so it also sends what draining the reads queued (STUN responses, DTLS, RTCP).
     shared.flush_writes(&mut core.pc);
-    core.pc.poll_timeout()
+    let report = (!core.outbound.is_empty()).then_some(core.next_report);
+    match (core.pc.poll_timeout(), report) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Publishes where media goes once ICE has nominated a pair and DTLS has given the keys, and
+/// again whenever ICE moves to another pair.
+fn update_route(shared: &Shared, core: &mut Core) {
+    if core.keys.is_none() {
+        core.keys = core.capture.local_keys();
+    }
+    let Some(keys) = &core.keys else {
+        return;
+    };
+    let Some(sender) = core.outbound.values().next().map(|o| o.stream.sender()) else {
+        return;
+    };
+    let pair = core
+        .pc
+        .rtp_sender(sender)
+        .and_then(|s| s.transport()?.ice_transport().get_selected_candidate_pair());
+    let Some(pair) = pair else {
+        return;
+    };
+    let address = |c: &RTCIceCandidate| {
+        c.address
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, c.port))
+    };
+    let (Some(local), Some(remote)) = (address(pair.local()), address(pair.remote())) else {
+        return;
+    };
+    if core.route_addrs == Some((local, remote)) {
+        return;
+    }
+    let Some((_, socket)) = shared
+        .sockets
+        .iter()
+        .find(|(addr, _)| *addr == local)
+        .or_else(|| shared.sockets.first())
+    else {
+        return;
+    };
+    core.route_generation += 1;
+    core.route_addrs = Some((local, remote));
+    let route = Route {
+        keys: keys.clone(),
+        socket: socket.clone(),
+        peer: remote,
+        generation: core.route_generation,
+    };
+    debug!(%local, %remote, "media route");
+    *shared.route.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(route));
+}
+
+/// A sender report for every stream that has sent something, through `rtc` (which protects
+/// RTCP with its own context, and whose wire statistics note it for round-trip times).
+fn send_reports(core: &mut Core, now: Instant) {
+    let due: Vec<(RTCRtpSenderId, u32, Arc<OutboundStream>)> = core
+        .outbound
+        .values()
+        .map(|o| (o.stream.sender(), o.ssrc, o.stream.clone()))
+        .collect();
+    for (sender, ssrc, stream) in due {
+        let Some(payload_type) = stream.payload_type() else {
+            continue;
+        };
+        let Some(mut s) = core.pc.rtp_sender(sender) else {
+            continue;
+        };
+        let clock_rate = s
+            .get_parameters()
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| c.payload_type == payload_type)
+            .map(|c| c.rtp_codec.clock_rate);
+        let Some(report) = clock_rate.and_then(|rate| stream.sender_report(ssrc, rate, now)) else {
+            continue;
+        };
+        if let Err(e) = s.write_rtcp(now, vec![Box::new(report)]) {
+            debug!(error = %e, "sender report");
+        }
+    }
 }
 
 /// The connection's driver: datagrams from the subscriber, timers and signaling changes.
@@ -405,14 +566,11 @@ pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit> {
     RTCIceCandidate::from(&candidate).to_json()
 }
 
-/// One local track's packets, written into the connection's `rtc` core and sent by the caller
-/// (the source track's ingress task).
+/// One local track's packets, protected and sent by the caller (the source track's ingress
+/// task) on the connection's current route.
 struct SenderSink {
     shared: Arc<Shared>,
-    sender: RTCRtpSenderId,
-    /// Whether a packet was written yet: the first one arms `rtc`'s sender-report timer, which
-    /// the driver must learn about.
-    wrote: AtomicBool,
+    stream: Arc<OutboundStream>,
 }
 
 impl PacketSink for SenderSink {
@@ -420,18 +578,17 @@ impl PacketSink for SenderSink {
         if self.shared.closed.load(Ordering::Relaxed) {
             return SinkWrite::Closed;
         }
-        let mut core = self.shared.lock();
-        let Some(mut sender) = core.pc.rtp_sender(self.sender) else {
-            return SinkWrite::Closed;
-        };
-        if sender.write_rtp(Instant::now(), packet).is_err() {
-            return SinkWrite::Closed;
+        // The driver's sender-report timer runs whenever the connection has tracks, so a first
+        // packet needs no wake-up.
+        let route = self.shared.route.read().unwrap_or_else(|e| e.into_inner());
+        match self
+            .stream
+            .send(route.as_ref(), packet, &self.shared.metrics)
+        {
+            Ok(()) => SinkWrite::Written,
+            // No route yet (the egress only forwards once the connection is up), or a packet
+            // that cannot be protected.
+            Err(SendFailure::NoRoute | SendFailure::Protect) => SinkWrite::Closed,
         }
-        self.shared.flush_writes(&mut core.pc);
-        drop(core);
-        if !self.wrote.load(Ordering::Relaxed) && !self.wrote.swap(true, Ordering::Relaxed) {
-            self.shared.wake.notify_one();
-        }
-        SinkWrite::Written
     }
 }

@@ -1,0 +1,331 @@
+//! One forwarded track on one subscribe connection: its packets protected with the
+//! connection's SRTP keys and sent by the track's ingress task, a history to answer the
+//! subscriber's NACKs from, and the counters its sender reports carry.
+//!
+//! This is the per-packet, per-subscriber path, so it takes only this stream's lock, touches
+//! only this stream's state, and allocates nothing but the protected datagram `rtc-srtp` returns
+//! (its API has no caller-owned output buffer).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::rtp;
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::shared::marshal::{Marshal, MarshalSize};
+use rtc::srtp::context::Context as SrtpContext;
+use tracing::debug;
+use webrtc::runtime::{AsyncUdpSocket, Transmit};
+
+use crate::metrics::Metrics;
+use crate::sfu::srtp_keys::SrtpKeys;
+
+/// Packets kept per video stream for retransmission, as many as `rtc`'s NACK responder kept
+/// (about 6 s of 1.5 Mbit/s video). They share their payloads with every other subscriber's
+/// copy. Audio is not NACKed (only video offers "nack"), so it keeps none.
+const HISTORY: usize = 1024;
+
+/// Where a connection's media goes: the nominated pair and the keys from its handshake.
+pub struct Route {
+    pub keys: SrtpKeys,
+    pub socket: Arc<dyn AsyncUdpSocket>,
+    pub peer: SocketAddr,
+    /// Bumped on every change, so streams know to pick the new route up.
+    pub generation: u64,
+}
+
+/// Why a packet did not go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFailure {
+    /// No nominated pair or no keys yet.
+    NoRoute,
+    /// Marshalling or protection failed (a bug or a packet `rtc` could not have sent either).
+    Protect,
+}
+
+pub struct OutboundStream {
+    sender: RTCRtpSenderId,
+    state: Mutex<StreamState>,
+}
+
+struct StreamState {
+    route: Option<Arc<Route>>,
+    srtp: Option<SrtpContext>,
+    /// The marshalled packet before protection, reused.
+    plain: Vec<u8>,
+    history: Vec<Option<rtp::Packet>>,
+    report: ReportCounters,
+}
+
+/// What a sender report says (RFC 3550 §6.4.1), kept as `rtc`'s sender-report interceptor
+/// keeps it so reports read the same.
+#[derive(Default)]
+struct ReportCounters {
+    started: bool,
+    packets: u32,
+    /// Payload octets.
+    octets: u32,
+    last_sequence: u16,
+    last_timestamp: u32,
+    last_timestamp_at: Option<Instant>,
+    payload_type: u8,
+}
+
+impl OutboundStream {
+    pub fn new(sender: RTCRtpSenderId, keeps_history: bool) -> Arc<OutboundStream> {
+        Arc::new(OutboundStream {
+            sender,
+            state: Mutex::new(StreamState {
+                route: None,
+                srtp: None,
+                plain: Vec::new(),
+                history: if keeps_history {
+                    (0..HISTORY).map(|_| None).collect()
+                } else {
+                    Vec::new()
+                },
+                report: ReportCounters::default(),
+            }),
+        })
+    }
+
+    pub fn sender(&self) -> RTCRtpSenderId {
+        self.sender
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StreamState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Protects and sends `packet` on `route` (the connection's current one), then keeps it
+    /// for retransmission.
+    pub fn send(
+        &self,
+        route: Option<&Arc<Route>>,
+        packet: rtp::Packet,
+        metrics: &Metrics,
+    ) -> Result<(), SendFailure> {
+        let mut state = self.lock();
+        state.use_route(route)?;
+        let size = state.send(&packet, metrics)?;
+        metrics.wire.packets_out.inc();
+        metrics.wire.bytes_out.inc_by(size as u64);
+        state.report.count(&packet);
+        if !state.history.is_empty() {
+            let slot = usize::from(packet.header.sequence_number) % HISTORY;
+            state.history[slot] = Some(packet);
+        }
+        Ok(())
+    }
+
+    /// Sends again what `nack` lists and the history still has.
+    pub fn retransmit(
+        &self,
+        route: Option<&Arc<Route>>,
+        nack: &TransportLayerNack,
+        metrics: &Metrics,
+    ) {
+        let mut state = self.lock();
+        if state.history.is_empty() || state.use_route(route).is_err() {
+            return;
+        }
+        for pair in &nack.nacks {
+            for sequence in pair.packet_list() {
+                let slot = usize::from(sequence) % HISTORY;
+                let Some(packet) = state.history[slot].take() else {
+                    continue;
+                };
+                if packet.header.sequence_number == sequence {
+                    if let Ok(size) = state.send(&packet, metrics) {
+                        metrics.wire.packets_out_retransmit.inc();
+                        metrics.wire.bytes_out_retransmit.inc_by(size as u64);
+                    }
+                }
+                state.history[slot] = Some(packet);
+            }
+        }
+    }
+
+    /// The payload type of the last packet sent, if any was.
+    pub fn payload_type(&self) -> Option<u8> {
+        let state = self.lock();
+        state.report.started.then_some(state.report.payload_type)
+    }
+
+    /// A sender report as of `now`, once a packet was sent.
+    pub fn sender_report(&self, ssrc: u32, clock_rate: u32, now: Instant) -> Option<SenderReport> {
+        let state = self.lock();
+        let r = &state.report;
+        let at = r.last_timestamp_at?;
+        let elapsed = now.saturating_duration_since(at).as_secs_f64();
+        Some(SenderReport {
+            ssrc,
+            ntp_time: ntp_now(),
+            rtp_time: r
+                .last_timestamp
+                .wrapping_add((elapsed * f64::from(clock_rate)) as u32),
+            packet_count: r.packets,
+            octet_count: r.octets,
+            ..Default::default()
+        })
+    }
+}
+
+impl StreamState {
+    fn use_route(&mut self, route: Option<&Arc<Route>>) -> Result<(), SendFailure> {
+        let Some(route) = route else {
+            return Err(SendFailure::NoRoute);
+        };
+        let current = self.route.as_ref().map(|r| r.generation);
+        if current != Some(route.generation) {
+            // New keys only come with a new handshake; a new pair keeps the context's state.
+            if self.srtp.is_none()
+                || !self
+                    .route
+                    .as_ref()
+                    .is_some_and(|r| r.keys.same(&route.keys))
+            {
+                self.srtp = Some(route.keys.context().map_err(|e| {
+                    debug!(error = %e, "SRTP context");
+                    SendFailure::Protect
+                })?);
+            }
+            self.route = Some(route.clone());
+        }
+        Ok(())
+    }
+
+    /// Protects and sends one packet; returns its size before protection.
+    fn send(&mut self, packet: &rtp::Packet, metrics: &Metrics) -> Result<usize, SendFailure> {
+        let (Some(route), Some(srtp)) = (self.route.as_ref(), self.srtp.as_mut()) else {
+            return Err(SendFailure::NoRoute);
+        };
+        let size = packet.marshal_size();
+        self.plain.resize(size, 0);
+        let written = packet
+            .marshal_to(&mut self.plain)
+            .map_err(|_| SendFailure::Protect)?;
+        let protected = srtp
+            .encrypt_rtp_with_header(&self.plain[..written], &packet.header)
+            .map_err(|e| {
+                debug!(error = %e, "SRTP protection");
+                SendFailure::Protect
+            })?;
+        let transmit = Transmit {
+            destination: route.peer,
+            ecn: None,
+            contents: &protected,
+            segment_size: None,
+            src_ip: None,
+        };
+        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+        match route.socket.poll_send(&mut cx, &transmit) {
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(e)) => debug!(error = %e, "send to subscriber failed"),
+            // Already in the history: a NACK repairs it.
+            Poll::Pending => metrics
+                .udp_mux_drops
+                .with_label_values(&["send_buffer_full"])
+                .inc(),
+        }
+        Ok(written)
+    }
+}
+
+impl ReportCounters {
+    fn count(&mut self, packet: &rtp::Packet) {
+        let h = &packet.header;
+        let in_order = !self.started || {
+            let diff = h.sequence_number.wrapping_sub(self.last_sequence);
+            diff > 0 && diff < 1 << 15
+        };
+        if in_order {
+            self.started = true;
+            self.last_sequence = h.sequence_number;
+            self.payload_type = h.payload_type;
+            if self.last_timestamp_at.is_none() || h.timestamp != self.last_timestamp {
+                self.last_timestamp = h.timestamp;
+                self.last_timestamp_at = Some(Instant::now());
+            }
+        }
+        self.packets = self.packets.wrapping_add(1);
+        self.octets = self
+            .octets
+            .wrapping_add(u32::try_from(packet.payload.len()).unwrap_or(u32::MAX));
+    }
+}
+
+/// The wall clock as a 64-bit NTP timestamp (RFC 3550 §4).
+fn ntp_now() -> u64 {
+    const NTP_UNIX_OFFSET_SECS: u64 = 2_208_988_800;
+    let since_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let seconds = since_unix.as_secs() + NTP_UNIX_OFFSET_SECS;
+    let fraction = (u64::from(since_unix.subsec_nanos()) << 32) / 1_000_000_000;
+    (seconds << 32) | fraction
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn packet(sequence: u16, timestamp: u32, payload: &'static [u8]) -> rtp::Packet {
+        rtp::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                payload_type: 96,
+                sequence_number: sequence,
+                timestamp,
+                ..Default::default()
+            },
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    #[test]
+    fn sender_reports_count_payload_octets_and_run_the_rtp_clock_on() {
+        let stream = OutboundStream::new(RTCRtpSenderId::default(), true);
+        assert!(stream.payload_type().is_none());
+        assert!(stream.sender_report(7, 90_000, Instant::now()).is_none());
+        {
+            let mut state = stream.lock();
+            state.report.count(&packet(10, 3_000, b"abcd"));
+            state.report.count(&packet(11, 3_000, b"efghij"));
+            // A late packet counts but moves nothing back.
+            state.report.count(&packet(9, 0, b"kl"));
+        }
+        let at = stream.lock().report.last_timestamp_at.unwrap();
+        let report = stream
+            .sender_report(7, 90_000, at + Duration::from_millis(100))
+            .unwrap();
+        assert_eq!(report.ssrc, 7);
+        assert_eq!(report.packet_count, 3);
+        assert_eq!(report.octet_count, 12);
+        // 100 ms at 90 kHz after the last timestamp.
+        assert_eq!(report.rtp_time, 3_000 + 9_000);
+        assert_eq!(stream.payload_type(), Some(96));
+        // NTP seconds since 1900: after 2020 (3,786,825,600 s).
+        assert!(report.ntp_time >> 32 > 3_786_825_600);
+    }
+
+    #[test]
+    fn nothing_is_sent_or_kept_without_a_route() {
+        let stream = OutboundStream::new(RTCRtpSenderId::default(), true);
+        let metrics = Metrics::new();
+        assert_eq!(
+            stream.send(None, packet(1, 0, b"x"), &metrics),
+            Err(SendFailure::NoRoute)
+        );
+        assert_eq!(metrics.wire.packets_out.get(), 0);
+        assert!(stream.lock().history.iter().all(Option::is_none));
+        assert!(stream.payload_type().is_none());
+    }
+}
