@@ -1,27 +1,36 @@
-//! What webrtc-rs' sans-IO core (`rtc`) costs per forwarded packet on its own, without the
-//! async per-connection driver of the `webrtc` crate around it and without a socket.
+//! The per-packet, per-subscriber send path without the kernel: through webrtc-rs' sans-IO
+//! core (`rtc`), as Yoom sent until its own outbound streams, and through those streams.
 //!
-//! Each subscriber connection is built as the server builds it (Yoom's codecs and send-only
-//! interceptor chain: NACK responder, sender reports, keyframe-request forwarder, wire
-//! statistics) and connected through ICE and DTLS to a client peer, with datagrams handed over
-//! in memory. Then one 1,200-byte video packet is written per iteration and its SRTP datagram
-//! taken out: `RTCRtpSender::write_rtp` + `poll_write`, the whole per-packet work a server
-//! that drove `rtc` itself would do before its `sendmsg`. With 100 connections written in turn
-//! the figure includes what touching 100 connections' state costs the caches.
+//! Each subscriber connection is built as the server builds it (Yoom's codecs, send-only
+//! interceptors, wire statistics, SRTP keys captured) and connected through ICE and DTLS to a
+//! client peer, with datagrams handed over in memory. Then one 1,200-byte video packet is sent
+//! per iteration, in two ways:
+//! - `rtc`: `RTCRtpSender::write_rtp` + `poll_write` through the chain Yoom used until then
+//!   (NACK responder and sender reports added back): the packet is moved through every
+//!   handler, kept by the NACK responder, counted, encrypted and queued;
+//! - `outbound stream`: `OutboundStream::send`, what the server does now: marshal, encrypt
+//!   with the captured keys, hand the datagram to the socket (here one that keeps it in
+//!   memory), keep the packet for NACKs, count it.
 //!
-//! docs/benchmarks.md compares this with the ≈ 22 µs per packet the server spends through the
-//! `webrtc` crate's driver. Run: `cargo bench --bench rtc_send_path`.
+//! With 100 connections written in turn the figures include what touching 100 connections'
+//! state costs the caches. Before timing, each way's datagram must decrypt at the client.
+//! docs/benchmarks.md puts these next to the server's whole cost per packet.
+//! Run: `cargo bench --bench rtc_send_path`.
 
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use rtc::interceptor::{NackResponderBuilder, SenderReportBuilder, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp;
@@ -31,9 +40,12 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use webrtc::runtime::{AsyncUdpSocket, RecvMeta, Transmit};
 use yoom::metrics::Metrics;
 use yoom::sfu::codecs::{media_engine_and_interceptors, supported_codecs, MediaDirection};
+use yoom::sfu::outbound_stream::{OutboundStream, Route};
 use yoom::sfu::send_connection::host_candidate;
+use yoom::sfu::srtp_keys::{capturable_profiles, KeyCapture};
 use yoom::sfu::wire_stats::{ConnectionStats, Side, WireStatsConfig};
 
 const PAYLOAD_LEN: usize = 1_200;
@@ -48,9 +60,52 @@ struct Pair {
     ssrc: u32,
     payload_type: u8,
     connected: [bool; 2],
+    capture: Arc<KeyCapture>,
+    /// Set once connected.
+    outbound: Option<(Arc<OutboundStream>, Arc<Route>, Arc<MemorySocket>)>,
+    /// RTP packets the client accepted.
+    received: usize,
 }
 
-fn peer(direction: MediaDirection, metrics: &Arc<Metrics>) -> RTCPeerConnection {
+/// A socket that keeps the last datagram sent, so the bench can check it and no kernel time
+/// is counted.
+#[derive(Debug)]
+struct MemorySocket {
+    addr: SocketAddr,
+    last: Mutex<Vec<u8>>,
+}
+
+impl AsyncUdpSocket for MemorySocket {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+
+    fn poll_send(
+        &self,
+        _cx: &mut Context<'_>,
+        transmit: &Transmit<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        let mut last = self.last.lock().expect("lock");
+        last.clear();
+        last.extend_from_slice(transmit.contents);
+        Poll::Ready(Ok(transmit.contents.len()))
+    }
+
+    fn poll_recv(
+        &self,
+        _cx: &mut Context<'_>,
+        _bufs: &mut [IoSliceMut<'_>],
+        _meta: &mut [RecvMeta],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Pending
+    }
+}
+
+fn peer(
+    direction: MediaDirection,
+    metrics: &Arc<Metrics>,
+    capture: Option<&Arc<KeyCapture>>,
+) -> RTCPeerConnection {
     let wire_stats = (direction == MediaDirection::SendOnly).then(|| {
         WireStatsConfig {
             side: Side::Subscribe,
@@ -59,11 +114,21 @@ fn peer(direction: MediaDirection, metrics: &Arc<Metrics>) -> RTCPeerConnection 
         }
         .build()
     });
-    let (engine, registry) =
+    let (engine, mut registry) =
         media_engine_and_interceptors(direction, wire_stats).expect("codecs and interceptors");
+    let mut settings = SettingEngineBuilder::new();
+    if let Some(capture) = capture {
+        // The chain Yoom's subscribe connections had while `rtc` sent their media.
+        registry = registry
+            .with(Slot::NackResponder, NackResponderBuilder::new().build())
+            .with(Slot::SenderReport, SenderReportBuilder::new().build());
+        settings = settings
+            .with_crypto_provider(capture.clone())
+            .with_srtp_protection_profiles(capturable_profiles());
+    }
     RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_setting_engine(SettingEngineBuilder::new().build())
+        .with_setting_engine(settings.build())
         .with_media_engine(engine)
         .with_interceptor_registry(registry)
         .build(Instant::now())
@@ -76,8 +141,9 @@ impl Pair {
     fn new(index: u16, metrics: &Arc<Metrics>) -> Pair {
         let server_addr = SocketAddr::from(([10, 0, 0, 1], 7882));
         let client_addr = SocketAddr::from(([10, 0, 1, 1], 20_000 + index));
-        let mut server = peer(MediaDirection::SendOnly, metrics);
-        let mut client = peer(MediaDirection::Both, metrics);
+        let capture = KeyCapture::new().expect("crypto provider");
+        let mut server = peer(MediaDirection::SendOnly, metrics, Some(&capture));
+        let mut client = peer(MediaDirection::Both, metrics, None);
         let (vp8, _) = supported_codecs()
             .into_iter()
             .find(|(c, _)| c.rtp_codec.mime_type.eq_ignore_ascii_case("video/VP8"))
@@ -128,6 +194,9 @@ impl Pair {
             ssrc,
             payload_type: vp8.payload_type,
             connected: [false; 2],
+            capture,
+            outbound: None,
+            received: 0,
         }
     }
 
@@ -137,7 +206,7 @@ impl Pair {
         while let Some(datagram) = self.server.poll_write() {
             deliver(
                 &mut self.client,
-                datagram,
+                &datagram.message,
                 self.client_addr,
                 self.server_addr,
                 now,
@@ -146,7 +215,7 @@ impl Pair {
         while let Some(datagram) = self.client.poll_write() {
             deliver(
                 &mut self.server,
-                datagram,
+                &datagram.message,
                 self.server_addr,
                 self.client_addr,
                 now,
@@ -159,7 +228,11 @@ impl Pair {
                     self.connected[side] |= state == RTCPeerConnectionState::Connected;
                 }
             }
-            while pc.poll_read().is_some() {}
+            while let Some(message) = pc.poll_read() {
+                if side == 1 && matches!(message.message, RTCMessage::RtpPacket(..)) {
+                    self.received += 1;
+                }
+            }
             if pc.poll_timeout().is_some_and(|due| due <= now) {
                 pc.handle_timeout(now).expect("timeout");
             }
@@ -170,8 +243,55 @@ impl Pair {
         self.connected == [true; 2]
     }
 
-    /// One packet through the server's `rtc` core: returns the SRTP datagram's length.
-    fn send(&mut self, packet: &rtp::Packet, now: Instant) -> usize {
+    /// The server's outbound stream for the track, on a route to the client with the keys
+    /// captured from the handshake.
+    fn open_outbound(&mut self) {
+        let socket = Arc::new(MemorySocket {
+            addr: self.server_addr,
+            last: Mutex::new(Vec::new()),
+        });
+        let route = Arc::new(Route {
+            keys: self.capture.local_keys().expect("SRTP keys captured"),
+            socket: socket.clone(),
+            peer: self.client_addr,
+            generation: 1,
+        });
+        self.outbound = Some((OutboundStream::new(self.sender, true), route, socket));
+    }
+
+    /// One packet through the server's outbound stream: returns the datagram's length.
+    fn send_outbound(&mut self, packet: &rtp::Packet, metrics: &Metrics) -> usize {
+        let mut packet = packet.clone();
+        packet.header.ssrc = self.ssrc;
+        packet.header.payload_type = self.payload_type;
+        let (stream, route, socket) = self.outbound.as_ref().expect("outbound stream");
+        stream
+            .send(Some(route), packet, metrics)
+            .expect("outbound send");
+        let sent = socket.last.lock().expect("lock").len();
+        sent
+    }
+
+    /// Hands the outbound stream's last datagram to the client.
+    fn deliver_outbound(&mut self) {
+        let datagram = {
+            let (_, _, socket) = self.outbound.as_ref().expect("outbound stream");
+            let last = socket.last.lock().expect("lock");
+            last.clone()
+        };
+        deliver(
+            &mut self.client,
+            &datagram,
+            self.client_addr,
+            self.server_addr,
+            Instant::now(),
+        );
+        self.drive(Instant::now());
+    }
+
+    /// One packet through the server's `rtc` core: returns the SRTP datagram's length, and
+    /// hands the datagram to the client if `deliver_it`.
+    fn send(&mut self, packet: &rtp::Packet, now: Instant, deliver_it: bool) -> usize {
         let mut packet = packet.clone();
         packet.header.ssrc = self.ssrc;
         packet.header.payload_type = self.payload_type;
@@ -183,6 +303,18 @@ impl Pair {
         let mut sent = 0;
         while let Some(datagram) = self.server.poll_write() {
             sent += datagram.message.len();
+            if deliver_it {
+                deliver(
+                    &mut self.client,
+                    &datagram.message,
+                    self.client_addr,
+                    self.server_addr,
+                    now,
+                );
+            }
+        }
+        if deliver_it {
+            self.drive(now);
         }
         sent
     }
@@ -190,7 +322,7 @@ impl Pair {
 
 fn deliver(
     to: &mut RTCPeerConnection,
-    datagram: TaggedBytesMut,
+    datagram: &[u8],
     to_addr: SocketAddr,
     from_addr: SocketAddr,
     now: Instant,
@@ -203,7 +335,7 @@ fn deliver(
             transport_protocol: TransportProtocol::UDP,
             ecn: None,
         },
-        message: BytesMut::from(&datagram.message[..]),
+        message: BytesMut::from(datagram),
     })
     .expect("handle_read");
 }
@@ -249,17 +381,28 @@ fn video_packet(seq: u16) -> rtp::Packet {
 }
 
 fn send_path(c: &mut Criterion) {
-    let mut g = c.benchmark_group("rtc send path");
+    let mut g = c.benchmark_group("send path");
     g.throughput(Throughput::Elements(1));
+    let metrics = Metrics::new();
     for n in [1u16, 100] {
         let mut pairs = connected_pairs(n);
         let now = Instant::now();
         for pair in &mut pairs {
-            // A protected packet is the payload plus the RTP header and the auth tag.
-            let sent = pair.send(&video_packet(0), now);
+            // A protected packet is the payload plus the RTP header and the auth tag, and the
+            // client must accept it, whichever way it was protected.
+            let sent = pair.send(&video_packet(0), now, true);
             assert!(
                 sent > PAYLOAD_LEN + 12,
                 "no SRTP datagram came out ({sent} bytes)"
+            );
+            assert_eq!(pair.received, 1, "the client did not accept rtc's packet");
+            pair.open_outbound();
+            let sent = pair.send_outbound(&video_packet(1), &metrics);
+            assert!(sent > PAYLOAD_LEN + 12, "outbound datagram of {sent} bytes");
+            pair.deliver_outbound();
+            assert_eq!(
+                pair.received, 2,
+                "the client did not accept the outbound packet"
             );
         }
         let mut seq = 0u16;
@@ -275,7 +418,21 @@ fn send_path(c: &mut Criterion) {
                         seq = seq.wrapping_add(1);
                         packet = video_packet(seq);
                     }
-                    let sent = pairs[next].send(&packet, Instant::now());
+                    let sent = pairs[next].send(&packet, Instant::now(), false);
+                    next = (next + 1) % pairs.len();
+                    black_box(sent)
+                })
+            },
+        );
+        g.bench_function(
+            format!("outbound stream send of one packet, {n} connection(s) in turn"),
+            |b| {
+                b.iter(|| {
+                    if next == 0 {
+                        seq = seq.wrapping_add(1);
+                        packet = video_packet(seq);
+                    }
+                    let sent = pairs[next].send_outbound(&packet, &metrics);
                     next = (next + 1) % pairs.len();
                     black_box(sent)
                 })
