@@ -254,9 +254,10 @@ impl Pair {
             keys: self.capture.local_keys().expect("SRTP keys captured"),
             socket: socket.clone(),
             peer: self.client_addr,
-            generation: 1,
         });
-        self.outbound = Some((OutboundStream::new(self.sender, true), route, socket));
+        let stream = OutboundStream::new(self.sender, true);
+        stream.set_route(Some(route.clone()));
+        self.outbound = Some((stream, route, socket));
     }
 
     /// One packet through the server's outbound stream: returns the datagram's length.
@@ -264,10 +265,8 @@ impl Pair {
         let mut packet = packet.clone();
         packet.header.ssrc = self.ssrc;
         packet.header.payload_type = self.payload_type;
-        let (stream, route, socket) = self.outbound.as_ref().expect("outbound stream");
-        stream
-            .send(Some(route), packet, metrics)
-            .expect("outbound send");
+        let (stream, _, socket) = self.outbound.as_ref().expect("outbound stream");
+        stream.send(packet, metrics).expect("outbound send");
         let sent = socket.last.lock().expect("lock").len();
         sent
     }

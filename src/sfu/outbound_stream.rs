@@ -33,14 +33,12 @@ pub struct Route {
     pub keys: SrtpKeys,
     pub socket: Arc<dyn AsyncUdpSocket>,
     pub peer: SocketAddr,
-    /// Bumped on every change, so streams know to pick the new route up.
-    pub generation: u64,
 }
 
 /// Why a packet did not go out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendFailure {
-    /// No nominated pair or no keys yet.
+    /// No nominated pair or no keys yet, or the connection closed.
     NoRoute,
     /// Marshalling or protection failed (a bug or a packet `rtc` could not have sent either).
     Protect,
@@ -100,16 +98,30 @@ impl OutboundStream {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Protects and sends `packet` on `route` (the connection's current one), then keeps it
-    /// for retransmission.
-    pub fn send(
-        &self,
-        route: Option<&Arc<Route>>,
-        packet: rtp::Packet,
-        metrics: &Metrics,
-    ) -> Result<(), SendFailure> {
+    /// Where packets go from now on (set by the connection's driver; `None` stops sending).
+    /// The SRTP context is kept across a new pair with the same keys: its per-SSRC rollover
+    /// state must go on.
+    pub fn set_route(&self, route: Option<Arc<Route>>) {
         let mut state = self.lock();
-        state.use_route(route)?;
+        if let Some(new) = &route {
+            let same_keys = state.route.as_ref().is_some_and(|r| r.keys.same(&new.keys));
+            if state.srtp.is_none() || !same_keys {
+                state.srtp = match new.keys.context() {
+                    Ok(context) => Some(context),
+                    Err(e) => {
+                        debug!(error = %e, "SRTP context");
+                        None
+                    }
+                };
+            }
+        }
+        state.route = route;
+    }
+
+    /// Protects and sends `packet` on the connection's route, then keeps it for
+    /// retransmission.
+    pub fn send(&self, packet: rtp::Packet, metrics: &Metrics) -> Result<(), SendFailure> {
+        let mut state = self.lock();
         let size = state.send(&packet, metrics)?;
         metrics.wire.packets_out.inc();
         metrics.wire.bytes_out.inc_by(size as u64);
@@ -122,14 +134,9 @@ impl OutboundStream {
     }
 
     /// Sends again what `nack` lists and the history still has.
-    pub fn retransmit(
-        &self,
-        route: Option<&Arc<Route>>,
-        nack: &TransportLayerNack,
-        metrics: &Metrics,
-    ) {
+    pub fn retransmit(&self, nack: &TransportLayerNack, metrics: &Metrics) {
         let mut state = self.lock();
-        if state.history.is_empty() || state.use_route(route).is_err() {
+        if state.history.is_empty() {
             return;
         }
         for pair in &nack.nacks {
@@ -175,33 +182,13 @@ impl OutboundStream {
 }
 
 impl StreamState {
-    fn use_route(&mut self, route: Option<&Arc<Route>>) -> Result<(), SendFailure> {
-        let Some(route) = route else {
-            return Err(SendFailure::NoRoute);
-        };
-        let current = self.route.as_ref().map(|r| r.generation);
-        if current != Some(route.generation) {
-            // New keys only come with a new handshake; a new pair keeps the context's state.
-            if self.srtp.is_none()
-                || !self
-                    .route
-                    .as_ref()
-                    .is_some_and(|r| r.keys.same(&route.keys))
-            {
-                self.srtp = Some(route.keys.context().map_err(|e| {
-                    debug!(error = %e, "SRTP context");
-                    SendFailure::Protect
-                })?);
-            }
-            self.route = Some(route.clone());
-        }
-        Ok(())
-    }
-
     /// Protects and sends one packet; returns its size before protection.
     fn send(&mut self, packet: &rtp::Packet, metrics: &Metrics) -> Result<usize, SendFailure> {
-        let (Some(route), Some(srtp)) = (self.route.as_ref(), self.srtp.as_mut()) else {
+        let Some(route) = self.route.as_ref() else {
             return Err(SendFailure::NoRoute);
+        };
+        let Some(srtp) = self.srtp.as_mut() else {
+            return Err(SendFailure::Protect);
         };
         let size = packet.marshal_size();
         self.plain.resize(size, 0);
@@ -321,7 +308,7 @@ mod tests {
         let stream = OutboundStream::new(RTCRtpSenderId::default(), true);
         let metrics = Metrics::new();
         assert_eq!(
-            stream.send(None, packet(1, 0, b"x"), &metrics),
+            stream.send(packet(1, 0, b"x"), &metrics),
             Err(SendFailure::NoRoute)
         );
         assert_eq!(metrics.wire.packets_out.get(), 0);

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -78,9 +78,6 @@ struct Shared {
     /// the connection is closing.
     wake: Notify,
     sockets: Vec<(SocketAddr, Arc<dyn AsyncUdpSocket>)>,
-    /// Where media goes; `None` until ICE has a nominated pair and DTLS gave the keys. Read
-    /// per packet, written by the driver when the pair changes.
-    route: RwLock<Option<Arc<Route>>>,
     closed: AtomicBool,
     metrics: Arc<Metrics>,
 }
@@ -90,9 +87,11 @@ struct Core {
     outbound: HashMap<MediaStreamTrackId, Outbound>,
     capture: Arc<KeyCapture>,
     keys: Option<SrtpKeys>,
-    /// (local, remote) of the route last published.
+    /// Where media goes, once ICE has a nominated pair and DTLS gave the keys. Every outbound
+    /// stream holds it, so the per-packet path reads nothing of the connection's.
+    route: Option<Arc<Route>>,
+    /// (local, remote) of `route`.
     route_addrs: Option<(SocketAddr, SocketAddr)>,
-    route_generation: u64,
     next_report: Instant,
 }
 
@@ -146,13 +145,12 @@ impl SendConnection {
                 outbound: HashMap::new(),
                 capture,
                 keys: None,
+                route: None,
                 route_addrs: None,
-                route_generation: 0,
                 next_report: Instant::now() + REPORT_INTERVAL,
             }),
             wake: Notify::new(),
             sockets,
-            route: RwLock::new(None),
             closed: AtomicBool::new(false),
             metrics,
         });
@@ -175,10 +173,14 @@ impl SendConnection {
             .next()
             .ok_or_else(|| Error::Other("a track to send needs an SSRC".into()))?;
         let sender = core.pc.add_track(track)?;
+        let stream = OutboundStream::new(sender, kind == RtpCodecKind::Video);
+        if !self.shared.closed.load(Ordering::Acquire) {
+            stream.set_route(core.route.clone());
+        }
         core.outbound.insert(
             track_id,
             Outbound {
-                stream: OutboundStream::new(sender, kind == RtpCodecKind::Video),
+                stream,
                 source,
                 ssrc,
             },
@@ -190,7 +192,10 @@ impl SendConnection {
         let mut core = self.shared.lock();
         if let Some(s) = core.pc.rtp_sender(sender) {
             let id = s.track().track_id().clone();
-            core.outbound.remove(&id);
+            // The egress may still hold the sink for a moment: it sends nothing more.
+            if let Some(outbound) = core.outbound.remove(&id) {
+                outbound.stream.set_route(None);
+            }
         }
         let result = core.pc.remove_track(sender);
         drop(core);
@@ -250,7 +255,7 @@ impl SendConnection {
             .stream
             .clone();
         Some(Arc::new(SenderSink {
-            shared: self.shared.clone(),
+            metrics: self.shared.metrics.clone(),
             stream,
         }))
     }
@@ -259,9 +264,14 @@ impl SendConnection {
     /// and stops).
     pub fn close(&self) {
         if !self.shared.closed.swap(true, Ordering::AcqRel) {
-            if let Err(e) = self.shared.lock().pc.close() {
+            let mut core = self.shared.lock();
+            for outbound in core.outbound.values() {
+                outbound.stream.set_route(None);
+            }
+            if let Err(e) = core.pc.close() {
                 debug!(error = %e, "closing the subscribe connection");
             }
+            drop(core);
             self.shared.wake.notify_one();
         }
     }
@@ -274,10 +284,6 @@ impl Drop for SendConnection {
 }
 
 impl Shared {
-    fn route(&self) -> Option<Arc<Route>> {
-        self.route.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
     fn lock(&self) -> MutexGuard<'_, Core> {
         // A panic while holding the lock leaves `rtc`'s state as it was mid-call; it is still
         // the best there is, and the connection is torn down soon after either way.
@@ -344,10 +350,7 @@ fn after_step(
         for p in &packets {
             let any = p.as_any();
             if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
-                let route = shared.route();
-                outbound
-                    .stream
-                    .retransmit(route.as_ref(), nack, &shared.metrics);
+                outbound.stream.retransmit(nack, &shared.metrics);
             } else if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
                 wants_keyframe = true;
             }
@@ -412,16 +415,19 @@ fn update_route(shared: &Shared, core: &mut Core) {
     else {
         return;
     };
-    core.route_generation += 1;
     core.route_addrs = Some((local, remote));
-    let route = Route {
+    let route = Arc::new(Route {
         keys: keys.clone(),
         socket: socket.clone(),
         peer: remote,
-        generation: core.route_generation,
-    };
+    });
     debug!(%local, %remote, "media route");
-    *shared.route.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(route));
+    if !shared.closed.load(Ordering::Acquire) {
+        for outbound in core.outbound.values() {
+            outbound.stream.set_route(Some(route.clone()));
+        }
+    }
+    core.route = Some(route);
 }
 
 /// A sender report for every stream that has sent something, through `rtc` (which protects
@@ -569,25 +575,18 @@ pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit> {
 /// One local track's packets, protected and sent by the caller (the source track's ingress
 /// task) on the connection's current route.
 struct SenderSink {
-    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
     stream: Arc<OutboundStream>,
 }
 
 impl PacketSink for SenderSink {
     fn try_write(&self, packet: rtp::Packet) -> SinkWrite {
-        if self.shared.closed.load(Ordering::Relaxed) {
-            return SinkWrite::Closed;
-        }
         // The driver's sender-report timer runs whenever the connection has tracks, so a first
         // packet needs no wake-up.
-        let route = self.shared.route.read().unwrap_or_else(|e| e.into_inner());
-        match self
-            .stream
-            .send(route.as_ref(), packet, &self.shared.metrics)
-        {
+        match self.stream.send(packet, &self.metrics) {
             Ok(()) => SinkWrite::Written,
-            // No route yet (the egress only forwards once the connection is up), or a packet
-            // that cannot be protected.
+            // No route yet (the egress only forwards once the connection is up), the
+            // connection closed, or a packet that cannot be protected.
             Err(SendFailure::NoRoute | SendFailure::Protect) => SinkWrite::Closed,
         }
     }
