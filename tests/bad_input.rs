@@ -549,7 +549,10 @@ async fn every_kind_of_bad_input_gets_its_documented_answer() {
 async fn run(case: Case, sdps: &Sdps) {
     let server = TestServer::with_config((case.config)()).await;
     let mut bystander = server.member("r", "bystander").await;
-    // What the bystander alone has: no peer connection yet, its media task.
+    // What the bystander alone has: no peer connection yet, its media task. The session
+    // starts that task just after sending `joined`, so a scrape right after `joined` can come
+    // first; wait for it rather than take a baseline without it.
+    wait_metric(&server, "yoom_media_tasks", 1.0).await;
     let baseline = (
         server.metric("yoom_peer_connections").await,
         server.metric("yoom_media_tasks").await,
