@@ -2,10 +2,10 @@
 //! the rewrite, and the fan-out of the same number of packets through one subscriber's egress
 //! and through 100 subscribers' egresses.
 //!
-//! The egresses here write to a counting sink. In the server they write into the subscriber
-//! connection's `rtc` core (webrtc-rs' sans-IO stack), whose interceptor chain and SRTP allocate
-//! per packet: those allocations are the library's, not Yoom's (docs/benchmarks.md,
-//! `cargo bench --bench rtc_send_path`).
+//! The egresses here write to a counting sink. In the server they write to the track's outbound
+//! stream on the subscriber's connection, where `rtc-srtp` returns each protected datagram in a
+//! new buffer: one allocation per packet per subscriber that is the library's API, not Yoom's
+//! (docs/benchmarks.md, `cargo bench --bench rtc_send_path`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

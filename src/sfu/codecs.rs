@@ -106,9 +106,6 @@ pub fn supported_codecs() -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
     ]
 }
 
-/// A media engine with [`supported_codecs`] and the interceptor chain: NACK generator and
-/// responder, RTCP sender/receiver reports, TWCC feedback towards publishers (so browsers ramp
-/// their bitrate up), and [`KeyframeRequestForwarder`] so PLI/FIR reach the application.
 /// Which way media flows on a connection; decides the interceptors it needs. Every
 /// interceptor in the chain handles every packet, so a connection carries only its own.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -130,6 +127,11 @@ const WIRE_STATS_SLOT: usize = 100;
 /// Slot of [`ReportSsrc`]: below the receiver-report interceptor, above the wire statistics.
 const REPORT_SSRC_SLOT: usize = 200;
 
+/// A media engine with [`supported_codecs`] and the interceptors `direction` needs: on a
+/// receiving connection NACK generator, receiver reports and TWCC feedback towards publishers
+/// (so browsers ramp their bitrate up); on a send-only one none for media (Yoom's outbound
+/// streams answer NACKs and send sender reports); and [`FeedbackForwarder`] so PLI/FIR (and on
+/// send-only connections NACK) reach the application.
 pub fn media_engine_and_interceptors(
     direction: MediaDirection,
     wire_stats: Option<WireStats>,

@@ -4,8 +4,9 @@
 //! The track's ingress task calls [`Egress::forward`] for every subscriber in turn (as LiveKit's
 //! down-track spreader does). No task sits between the two: a task per subscriber per track
 //! cost a wake-up and a poll per packet per subscriber, about 12 % of the server's CPU per
-//! packet in a 1 → 100 room. The sink is the subscriber's connection itself
-//! ([`crate::sfu::send_connection`]), which encrypts and sends the packet on the spot.
+//! packet in a 1 → 100 room. The sink is the track's outbound stream on the subscriber's
+//! connection ([`crate::sfu::outbound_stream`]), which protects and sends the packet on the
+//! spot.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

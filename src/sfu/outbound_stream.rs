@@ -201,24 +201,35 @@ impl StreamState {
                 debug!(error = %e, "SRTP protection");
                 SendFailure::Protect
             })?;
-        let transmit = Transmit {
-            destination: route.peer,
-            ecn: None,
-            contents: &protected,
-            segment_size: None,
-            src_ip: None,
-        };
-        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
-        match route.socket.poll_send(&mut cx, &transmit) {
-            Poll::Ready(Ok(_)) => {}
-            Poll::Ready(Err(e)) => debug!(error = %e, "send to subscriber failed"),
-            // Already in the history: a NACK repairs it.
-            Poll::Pending => metrics
-                .udp_mux_drops
-                .with_label_values(&["send_buffer_full"])
-                .inc(),
-        }
+        // A datagram the socket cannot take is already in the history: a NACK repairs it.
+        send_datagram(route.socket.as_ref(), route.peer, &protected, metrics);
         Ok(written)
+    }
+}
+
+/// Sends one datagram to a subscriber without waiting: one the socket cannot take now is
+/// dropped and counted (UDP semantics).
+pub(crate) fn send_datagram(
+    socket: &dyn AsyncUdpSocket,
+    destination: SocketAddr,
+    contents: &[u8],
+    metrics: &Metrics,
+) {
+    let transmit = Transmit {
+        destination,
+        ecn: None,
+        contents,
+        segment_size: None,
+        src_ip: None,
+    };
+    let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+    match socket.poll_send(&mut cx, &transmit) {
+        Poll::Ready(Ok(_)) => {}
+        Poll::Ready(Err(e)) => debug!(error = %e, "send to subscriber failed"),
+        Poll::Pending => metrics
+            .udp_mux_drops
+            .with_label_values(&["send_buffer_full"])
+            .inc(),
     }
 }
 

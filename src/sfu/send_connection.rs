@@ -22,7 +22,7 @@ use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -46,15 +46,15 @@ use rtc::shared::error::{Error, Result};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, Instrument};
-use webrtc::runtime::{AsyncUdpSocket, RecvMeta, Transmit};
+use webrtc::runtime::{AsyncUdpSocket, RecvMeta};
 
 use crate::metrics::Metrics;
 use crate::sfu::codecs::{media_engine_and_interceptors, MediaDirection};
 use crate::sfu::egress::{PacketSink, SinkWrite};
 use crate::sfu::member::Role;
-use crate::sfu::outbound_stream::{OutboundStream, Route, SendFailure};
+use crate::sfu::outbound_stream::{send_datagram, OutboundStream, Route, SendFailure};
 use crate::sfu::peer::{setting_engine_builder, PeerError, PeerEvent, PeerOptions};
-use crate::sfu::srtp_keys::{capturable_profiles, KeyCapture, SrtpKeys};
+use crate::sfu::srtp_keys::{capturable_profiles, KeyCapture};
 use crate::sfu::track::{KeyframeReason, PublishedTrack};
 use crate::sfu::transport::ConnectionTransport;
 
@@ -74,8 +74,7 @@ pub struct SendConnection {
 
 struct Shared {
     core: Mutex<Core>,
-    /// Wakes the driver: signaling changed something, a first packet armed a timer, or
-    /// the connection is closing.
+    /// Wakes the driver: signaling changed something, or the connection is closing.
     wake: Notify,
     sockets: Vec<(SocketAddr, Arc<dyn AsyncUdpSocket>)>,
     closed: AtomicBool,
@@ -86,7 +85,6 @@ struct Core {
     pc: RTCPeerConnection,
     outbound: HashMap<MediaStreamTrackId, Outbound>,
     capture: Arc<KeyCapture>,
-    keys: Option<SrtpKeys>,
     /// Where media goes, once ICE has a nominated pair and DTLS gave the keys. Every outbound
     /// stream holds it, so the per-packet path reads nothing of the connection's.
     route: Option<Arc<Route>>,
@@ -144,7 +142,6 @@ impl SendConnection {
                 pc,
                 outbound: HashMap::new(),
                 capture,
-                keys: None,
                 route: None,
                 route_addrs: None,
                 next_report: Instant::now() + REPORT_INTERVAL,
@@ -290,37 +287,28 @@ impl Shared {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends every datagram `rtc` has ready. Never waits: a socket that cannot take one now
-    /// drops it (UDP semantics; NACK or the next keyframe repairs media).
+    /// The socket bound to `local` (the first one if none is).
+    fn socket_for(&self, local: SocketAddr) -> Option<&Arc<dyn AsyncUdpSocket>> {
+        self.sockets
+            .iter()
+            .find(|(addr, _)| *addr == local)
+            .or_else(|| self.sockets.first())
+            .map(|(_, socket)| socket)
+    }
+
+    /// Sends every datagram `rtc` has ready. Never waits (NACK or the next keyframe repairs
+    /// media a full socket dropped).
     fn flush_writes(&self, pc: &mut RTCPeerConnection) {
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
         while let Some(datagram) = pc.poll_write() {
-            let Some((_, socket)) = self
-                .sockets
-                .iter()
-                .find(|(local, _)| *local == datagram.transport.local_addr)
-                .or_else(|| self.sockets.first())
-            else {
+            let Some(socket) = self.socket_for(datagram.transport.local_addr) else {
                 return;
             };
-            let transmit = Transmit {
-                destination: datagram.transport.peer_addr,
-                ecn: None,
-                contents: &datagram.message,
-                segment_size: None,
-                src_ip: None,
-            };
-            match socket.poll_send(&mut cx, &transmit) {
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => debug!(error = %e, "send to subscriber failed"),
-                Poll::Pending => {
-                    self.metrics
-                        .udp_mux_drops
-                        .with_label_values(&["send_buffer_full"])
-                        .inc();
-                }
-            }
+            send_datagram(
+                socket.as_ref(),
+                datagram.transport.peer_addr,
+                &datagram.message,
+                &self.metrics,
+            );
         }
     }
 }
@@ -379,12 +367,6 @@ fn after_step(
 /// Publishes where media goes once ICE has nominated a pair and DTLS has given the keys, and
 /// again whenever ICE moves to another pair.
 fn update_route(shared: &Shared, core: &mut Core) {
-    if core.keys.is_none() {
-        core.keys = core.capture.local_keys();
-    }
-    let Some(keys) = &core.keys else {
-        return;
-    };
     let Some(sender) = core.outbound.values().next().map(|o| o.stream.sender()) else {
         return;
     };
@@ -407,17 +389,12 @@ fn update_route(shared: &Shared, core: &mut Core) {
     if core.route_addrs == Some((local, remote)) {
         return;
     }
-    let Some((_, socket)) = shared
-        .sockets
-        .iter()
-        .find(|(addr, _)| *addr == local)
-        .or_else(|| shared.sockets.first())
-    else {
+    let (Some(socket), Some(keys)) = (shared.socket_for(local), core.capture.local_keys()) else {
         return;
     };
     core.route_addrs = Some((local, remote));
     let route = Arc::new(Route {
-        keys: keys.clone(),
+        keys,
         socket: socket.clone(),
         peer: remote,
     });
@@ -433,16 +410,12 @@ fn update_route(shared: &Shared, core: &mut Core) {
 /// A sender report for every stream that has sent something, through `rtc` (which protects
 /// RTCP with its own context, and whose wire statistics note it for round-trip times).
 fn send_reports(core: &mut Core, now: Instant) {
-    let due: Vec<(RTCRtpSenderId, u32, Arc<OutboundStream>)> = core
-        .outbound
-        .values()
-        .map(|o| (o.stream.sender(), o.ssrc, o.stream.clone()))
-        .collect();
-    for (sender, ssrc, stream) in due {
+    let Core { pc, outbound, .. } = core;
+    for Outbound { stream, ssrc, .. } in outbound.values() {
         let Some(payload_type) = stream.payload_type() else {
             continue;
         };
-        let Some(mut s) = core.pc.rtp_sender(sender) else {
+        let Some(mut s) = pc.rtp_sender(stream.sender()) else {
             continue;
         };
         let clock_rate = s
@@ -452,7 +425,8 @@ fn send_reports(core: &mut Core, now: Instant) {
             .iter()
             .find(|c| c.payload_type == payload_type)
             .map(|c| c.rtp_codec.clock_rate);
-        let Some(report) = clock_rate.and_then(|rate| stream.sender_report(ssrc, rate, now)) else {
+        let Some(report) = clock_rate.and_then(|rate| stream.sender_report(*ssrc, rate, now))
+        else {
             continue;
         };
         if let Err(e) = s.write_rtcp(now, vec![Box::new(report)]) {
