@@ -31,6 +31,7 @@ use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
 };
@@ -62,6 +63,12 @@ use crate::sfu::transport::ConnectionTransport;
 const RECV_BUF_BYTES: usize = 2048;
 /// Least time between two timeouts handled.
 const MIN_TIMEOUT_INTERVAL: Duration = Duration::from_millis(1);
+/// Least time between two timeouts handled once the connection is up. Then `rtc`'s only timer
+/// is ICE's 200 ms tick, which sends a keepalive every 2 s and notices 5 s of silence; handled
+/// together with the sender reports it costs one wake-up per connection per second instead of
+/// six, and delays a keepalive or the Disconnected state by at most this. While connecting or
+/// Disconnected, ICE keeps its own pace.
+const CONNECTED_TIMER_GRAIN: Duration = REPORT_INTERVAL;
 /// How long the driver sleeps when `rtc` has no timer at all.
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
 /// Between two sender reports on a stream (as `rtc`'s sender-report interceptor).
@@ -91,6 +98,8 @@ struct Core {
     /// (local, remote) of `route`.
     route_addrs: Option<(SocketAddr, SocketAddr)>,
     next_report: Instant,
+    /// The connection state is Connected.
+    connected: bool,
 }
 
 struct Outbound {
@@ -145,6 +154,7 @@ impl SendConnection {
                 route: None,
                 route_addrs: None,
                 next_report: Instant::now() + REPORT_INTERVAL,
+                connected: false,
             }),
             wake: Notify::new(),
             sockets,
@@ -324,6 +334,7 @@ fn after_step(
     update_route(shared, core);
     while let Some(event) = core.pc.poll_event() {
         if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
+            core.connected = state == RTCPeerConnectionState::Connected;
             let _ = events.send((Role::Subscribe, PeerEvent::State(state)));
         }
     }
@@ -353,7 +364,11 @@ fn after_step(
     let now = Instant::now();
     if now >= core.next_report {
         send_reports(core, now);
-        core.next_report = now + REPORT_INTERVAL;
+        // Keeping the phase keeps the reports on the same wake-ups as the coalesced timers.
+        core.next_report += REPORT_INTERVAL;
+        if core.next_report <= now {
+            core.next_report = now + REPORT_INTERVAL;
+        }
     }
     // Last, so it also sends what draining the reads queued (STUN responses, DTLS, RTCP).
     shared.flush_writes(&mut core.pc);
@@ -448,20 +463,25 @@ async fn drive(shared: Arc<Shared>, events: mpsc::UnboundedSender<(Role, PeerEve
     tokio::pin!(sleep);
     let mut last_timeout: Option<Instant> = None;
     loop {
-        let deadline = {
+        let (deadline, connected) = {
             let mut core = shared.lock();
             let deadline = after_step(&shared, &mut core, &events);
             if shared.closed.load(Ordering::Acquire) {
                 break;
             }
-            deadline
+            (deadline, core.connected)
         };
         let mut deadline = deadline.unwrap_or_else(|| Instant::now() + IDLE_WAIT);
         if let Some(last) = last_timeout {
             // A timer source that keeps reporting a deadline already past (webrtc-rs#862)
             // would spin this loop; protocol timers are millisecond-grained, so waiting out
             // the millisecond loses nothing and keeps sockets and signaling served.
-            deadline = deadline.max(last + MIN_TIMEOUT_INTERVAL);
+            let grain = if connected {
+                CONNECTED_TIMER_GRAIN
+            } else {
+                MIN_TIMEOUT_INTERVAL
+            };
+            deadline = deadline.max(last + grain);
         }
         sleep
             .as_mut()
