@@ -8,6 +8,7 @@ use std::time::Instant;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use yoom::metrics::Metrics;
 use yoom::sfu::forwarder::RtpMunger;
+use yoom::sfu::send_batch::SendBatch;
 use yoom::sfu::track::IngressPacket;
 
 #[path = "../tests/support/packet_path.rs"]
@@ -31,13 +32,14 @@ fn fan_out(c: &mut Criterion) {
     let mut g = c.benchmark_group("fan-out");
     g.throughput(Throughput::Elements(100));
     let mut seq = 0u16;
+    let mut batch = SendBatch::new();
     g.bench_function("one packet through 100 subscribers' egresses", |b| {
         b.iter_batched(
             || {
                 seq = seq.wrapping_add(1);
                 IngressPacket::new(video_packet(seq))
             },
-            |packet| track.fan_out(&packet, &metrics),
+            |packet| track.fan_out(&packet, &metrics, &mut batch),
             BatchSize::SmallInput,
         )
     });

@@ -44,6 +44,7 @@ use webrtc::runtime::{AsyncUdpSocket, RecvMeta, Transmit};
 use yoom::metrics::Metrics;
 use yoom::sfu::codecs::{media_engine_and_interceptors, supported_codecs, MediaDirection};
 use yoom::sfu::outbound_stream::{OutboundStream, Route};
+use yoom::sfu::send_batch::SendBatch;
 use yoom::sfu::send_connection::host_candidate;
 use yoom::sfu::srtp_keys::{capturable_profiles, KeyCapture};
 use yoom::sfu::wire_stats::{ConnectionStats, Side, WireStatsConfig};
@@ -65,6 +66,8 @@ struct Pair {
     outbound: Option<(Arc<OutboundStream>, Arc<Route>, Arc<MemorySocket>)>,
     /// RTP packets the client accepted.
     received: usize,
+    /// Reused, as a track's ingress task reuses its batch.
+    batch: SendBatch,
 }
 
 /// A socket that keeps the last datagram sent, so the bench can check it and no kernel time
@@ -197,6 +200,7 @@ impl Pair {
             capture,
             outbound: None,
             received: 0,
+            batch: SendBatch::new(),
         }
     }
 
@@ -253,6 +257,9 @@ impl Pair {
         let route = Arc::new(Route {
             keys: self.capture.local_keys().expect("SRTP keys captured"),
             socket: socket.clone(),
+            // Not a kernel socket: the batch hands each datagram to `poll_send`.
+            fd: None,
+            ipv6_socket: false,
             peer: self.client_addr,
         });
         let stream = OutboundStream::new(self.sender, true);
@@ -266,7 +273,10 @@ impl Pair {
         packet.header.ssrc = self.ssrc;
         packet.header.payload_type = self.payload_type;
         let (stream, _, socket) = self.outbound.as_ref().expect("outbound stream");
-        stream.send(packet, metrics).expect("outbound send");
+        stream
+            .send(packet, &mut self.batch, metrics)
+            .expect("outbound send");
+        self.batch.flush(metrics);
         let sent = socket.last.lock().expect("lock").len();
         sent
     }

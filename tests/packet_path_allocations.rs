@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use yoom::sfu::forwarder::RtpMunger;
+use yoom::sfu::send_batch::SendBatch;
 use yoom::sfu::track::IngressPacket;
 
 #[path = "support/packet_path.rs"]
@@ -84,8 +85,9 @@ fn no_allocation_per_packet_per_subscriber() {
 fn fan_out_allocations(subscribers: u32, packets: u16) -> u64 {
     const WARM_UP: u16 = 500;
     let (track, metrics, sink) = track_with_egresses(subscribers);
+    let mut batch = SendBatch::new();
     for seq in 0..WARM_UP {
-        track.fan_out(&IngressPacket::new(video_packet(seq)), &metrics);
+        track.fan_out(&IngressPacket::new(video_packet(seq)), &metrics, &mut batch);
     }
     let packets: Vec<IngressPacket> = (WARM_UP..WARM_UP + packets)
         .map(|seq| IngressPacket::new(video_packet(seq)))
@@ -93,7 +95,7 @@ fn fan_out_allocations(subscribers: u32, packets: u16) -> u64 {
     let before = sink.packets.load(Ordering::Relaxed);
     let (_, allocs) = counted(|| {
         for p in &packets {
-            track.fan_out(p, &metrics);
+            track.fan_out(p, &metrics, &mut batch);
         }
     });
     let deliveries = packets.len() as u64 * u64::from(subscribers);

@@ -4,8 +4,9 @@
 //! Packet path: a publisher's RTP arrives on its publish connection → one ingress loop per
 //! published track ([`track`]) → for each subscriber, its egress for that track ([`egress`]),
 //! called by the ingress, rewrites the packet with its own [`forwarder::RtpMunger`] and hands it
-//! to the subscriber's connection without waiting. Keyframe requests flow back per track,
-//! throttled.
+//! to the subscriber's connection without waiting, whose [`outbound_stream`] protects it into
+//! the ingress's [`send_batch`]; the batch goes out in one `sendmmsg` per socket. Keyframe
+//! requests flow back per track, throttled.
 //!
 //! Ownership: [`room::SfuRoom`] knows the room's members and published tracks; each member's
 //! [`member`] actor owns its two peer connections and all of its forwarding state.
@@ -18,6 +19,7 @@ pub mod outbound_stream;
 pub mod peer;
 pub mod report_ssrc;
 pub mod room;
+pub mod send_batch;
 pub mod send_connection;
 pub mod srtp_keys;
 pub mod ssrc_pool;

@@ -1,5 +1,6 @@
 //! One forwarded track on one subscribe connection: its packets protected with the
-//! connection's SRTP keys and sent by the track's ingress task, a history to answer the
+//! connection's SRTP keys by the track's ingress task, into the batch that task sends once
+//! every subscriber has the packet ([`crate::sfu::send_batch`]), a history to answer the
 //! subscriber's NACKs from, and the counters its sender reports carry.
 //!
 //! This is the per-packet, per-subscriber path, so it takes only this stream's lock, touches
@@ -7,9 +8,12 @@
 //! (its API has no caller-owned output buffer).
 
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
 
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
@@ -21,6 +25,7 @@ use tracing::debug;
 use webrtc::runtime::{AsyncUdpSocket, Transmit};
 
 use crate::metrics::Metrics;
+use crate::sfu::send_batch::SendBatch;
 use crate::sfu::srtp_keys::SrtpKeys;
 
 /// Packets kept per video stream for retransmission, as many as `rtc`'s NACK responder kept
@@ -32,6 +37,10 @@ const HISTORY: usize = 1024;
 pub struct Route {
     pub keys: SrtpKeys,
     pub socket: Arc<dyn AsyncUdpSocket>,
+    /// The kernel socket under `socket`, if it is one (it stays open while `socket` lives).
+    pub fd: Option<RawFd>,
+    /// `socket` is an IPv6 one (it reaches IPv4 peers at IPv4-mapped addresses).
+    pub ipv6_socket: bool,
     pub peer: SocketAddr,
 }
 
@@ -118,11 +127,17 @@ impl OutboundStream {
         state.route = route;
     }
 
-    /// Protects and sends `packet` on the connection's route, then keeps it for
-    /// retransmission.
-    pub fn send(&self, packet: rtp::Packet, metrics: &Metrics) -> Result<(), SendFailure> {
+    /// Protects `packet` for the connection's route into `batch` (which sends it), then keeps
+    /// it for retransmission.
+    pub fn send(
+        &self,
+        packet: rtp::Packet,
+        batch: &mut SendBatch,
+        metrics: &Metrics,
+    ) -> Result<(), SendFailure> {
         let mut state = self.lock();
-        let size = state.send(&packet, metrics)?;
+        let (route, protected, size) = state.protect(&packet)?;
+        batch.push(route, protected);
         metrics.wire.packets_out.inc();
         metrics.wire.bytes_out.inc_by(size as u64);
         state.report.count(&packet);
@@ -146,7 +161,8 @@ impl OutboundStream {
                     continue;
                 };
                 if packet.header.sequence_number == sequence {
-                    if let Ok(size) = state.send(&packet, metrics) {
+                    if let Ok((route, protected, size)) = state.protect(&packet) {
+                        send_datagram(route.socket.as_ref(), route.peer, &protected, metrics);
                         metrics.wire.packets_out_retransmit.inc();
                         metrics.wire.bytes_out_retransmit.inc_by(size as u64);
                     }
@@ -182,8 +198,13 @@ impl OutboundStream {
 }
 
 impl StreamState {
-    /// Protects and sends one packet; returns its size before protection.
-    fn send(&mut self, packet: &rtp::Packet, metrics: &Metrics) -> Result<usize, SendFailure> {
+    /// Protects one packet for the current route; returns the route, the datagram, and the
+    /// packet's size before protection. A datagram the socket then cannot take is already in
+    /// the history: a NACK repairs it.
+    fn protect(
+        &mut self,
+        packet: &rtp::Packet,
+    ) -> Result<(&Arc<Route>, BytesMut, usize), SendFailure> {
         let Some(route) = self.route.as_ref() else {
             return Err(SendFailure::NoRoute);
         };
@@ -201,9 +222,7 @@ impl StreamState {
                 debug!(error = %e, "SRTP protection");
                 SendFailure::Protect
             })?;
-        // A datagram the socket cannot take is already in the history: a NACK repairs it.
-        send_datagram(route.socket.as_ref(), route.peer, &protected, metrics);
-        Ok(written)
+        Ok((route, protected, written))
     }
 }
 
@@ -319,7 +338,7 @@ mod tests {
         let stream = OutboundStream::new(RTCRtpSenderId::default(), true);
         let metrics = Metrics::new();
         assert_eq!(
-            stream.send(packet(1, 0, b"x"), &metrics),
+            stream.send(packet(1, 0, b"x"), &mut SendBatch::new(), &metrics),
             Err(SendFailure::NoRoute)
         );
         assert_eq!(metrics.wire.packets_out.get(), 0);

@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Poll;
@@ -55,6 +56,7 @@ use crate::sfu::egress::{PacketSink, SinkWrite};
 use crate::sfu::member::Role;
 use crate::sfu::outbound_stream::{send_datagram, OutboundStream, Route, SendFailure};
 use crate::sfu::peer::{setting_engine_builder, PeerError, PeerEvent, PeerOptions};
+use crate::sfu::send_batch::SendBatch;
 use crate::sfu::srtp_keys::{capturable_profiles, KeyCapture};
 use crate::sfu::track::{KeyframeReason, PublishedTrack};
 use crate::sfu::transport::ConnectionTransport;
@@ -83,7 +85,8 @@ struct Shared {
     core: Mutex<Core>,
     /// Wakes the driver: signaling changed something, or the connection is closing.
     wake: Notify,
-    sockets: Vec<(SocketAddr, Arc<dyn AsyncUdpSocket>)>,
+    /// Local address, socket, and the kernel socket's descriptor for batched sends.
+    sockets: Vec<(SocketAddr, Arc<dyn AsyncUdpSocket>, RawFd)>,
     closed: AtomicBool,
     metrics: Arc<Metrics>,
 }
@@ -137,14 +140,14 @@ impl SendConnection {
             .build(Instant::now())?;
         let mut sockets = Vec::new();
         for ip in &options.udp_ips {
-            let socket = transport
+            let (socket, fd) = transport
                 .open_socket(*ip)
                 .map_err(|e| Error::Other(format!("media socket on {ip}: {e}")))?;
             let local = socket
                 .local_addr()
                 .map_err(|e| Error::Other(format!("media socket on {ip}: {e}")))?;
             pc.add_local_candidate(host_candidate(local)?)?;
-            sockets.push((local, socket));
+            sockets.push((local, socket, fd));
         }
         let shared = Arc::new(Shared {
             core: Mutex::new(Core {
@@ -298,19 +301,19 @@ impl Shared {
     }
 
     /// The socket bound to `local` (the first one if none is).
-    fn socket_for(&self, local: SocketAddr) -> Option<&Arc<dyn AsyncUdpSocket>> {
+    fn socket_for(&self, local: SocketAddr) -> Option<(&Arc<dyn AsyncUdpSocket>, RawFd)> {
         self.sockets
             .iter()
-            .find(|(addr, _)| *addr == local)
+            .find(|(addr, ..)| *addr == local)
             .or_else(|| self.sockets.first())
-            .map(|(_, socket)| socket)
+            .map(|(_, socket, fd)| (socket, *fd))
     }
 
     /// Sends every datagram `rtc` has ready. Never waits (NACK or the next keyframe repairs
     /// media a full socket dropped).
     fn flush_writes(&self, pc: &mut RTCPeerConnection) {
         while let Some(datagram) = pc.poll_write() {
-            let Some(socket) = self.socket_for(datagram.transport.local_addr) else {
+            let Some((socket, _)) = self.socket_for(datagram.transport.local_addr) else {
                 return;
             };
             send_datagram(
@@ -404,13 +407,16 @@ fn update_route(shared: &Shared, core: &mut Core) {
     if core.route_addrs == Some((local, remote)) {
         return;
     }
-    let (Some(socket), Some(keys)) = (shared.socket_for(local), core.capture.local_keys()) else {
+    let (Some((socket, fd)), Some(keys)) = (shared.socket_for(local), core.capture.local_keys())
+    else {
         return;
     };
     core.route_addrs = Some((local, remote));
     let route = Arc::new(Route {
         keys,
         socket: socket.clone(),
+        fd: Some(fd),
+        ipv6_socket: local.is_ipv6(),
         peer: remote,
     });
     debug!(%local, %remote, "media route");
@@ -498,7 +504,7 @@ async fn drive(shared: Arc<Shared>, events: mpsc::UnboundedSender<(Role, PeerEve
             }
             received = recv_any(&shared.sockets, &mut bufs) => match received {
                 Ok((index, n, stride, from)) => {
-                    let local = shared.sockets[index].0;
+                    let (local, ..) = shared.sockets[index];
                     let now = Instant::now();
                     let mut core = shared.lock();
                     for datagram in bufs[index][..n].chunks(stride.max(1)) {
@@ -530,11 +536,11 @@ async fn drive(shared: Arc<Shared>, events: mpsc::UnboundedSender<(Role, PeerEve
 /// The next datagram (or GRO run of them) from any of the connection's sockets: which socket,
 /// its length, its segment size, and where it came from.
 async fn recv_any(
-    sockets: &[(SocketAddr, Arc<dyn AsyncUdpSocket>)],
+    sockets: &[(SocketAddr, Arc<dyn AsyncUdpSocket>, RawFd)],
     bufs: &mut [Vec<u8>],
 ) -> std::io::Result<(usize, usize, usize, SocketAddr)> {
     std::future::poll_fn(|cx| {
-        for (index, ((_, socket), buf)) in sockets.iter().zip(bufs.iter_mut()).enumerate() {
+        for (index, ((_, socket, _), buf)) in sockets.iter().zip(bufs.iter_mut()).enumerate() {
             let mut meta = [RecvMeta::default()];
             let mut slices = [IoSliceMut::new(buf)];
             match socket.poll_recv(cx, &mut slices, &mut meta) {
@@ -574,10 +580,10 @@ struct SenderSink {
 }
 
 impl PacketSink for SenderSink {
-    fn try_write(&self, packet: rtp::Packet) -> SinkWrite {
+    fn try_write(&self, packet: rtp::Packet, batch: &mut SendBatch) -> SinkWrite {
         // The driver's sender-report timer runs whenever the connection has tracks, so a first
         // packet needs no wake-up.
-        match self.stream.send(packet, &self.metrics) {
+        match self.stream.send(packet, batch, &self.metrics) {
             Ok(()) => SinkWrite::Written,
             // No route yet (the egress only forwards once the connection is up), the
             // connection closed, or a packet that cannot be protected.

@@ -58,6 +58,17 @@ impl SrtpKeys {
             && self.master_salt == other.master_salt
     }
 
+    /// Made-up keys, for tests of what carries keys around.
+    #[cfg(test)]
+    pub(crate) fn made_up() -> SrtpKeys {
+        SrtpKeys {
+            profile: ProtectionProfile::Aes128CmHmacSha1_80,
+            master_key: vec![1; 16],
+            master_salt: vec![2; 14],
+            provider: shared_default().expect("the default crypto provider"),
+        }
+    }
+
     /// A fresh sending context. Contexts keep per-SSRC state only, so one per stream is the
     /// same as one per connection, and no stream's writer waits for another's.
     pub fn context(&self) -> rtc::shared::error::Result<Context> {

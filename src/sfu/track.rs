@@ -22,6 +22,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use crate::ids::MemberId;
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::sfu::egress::{Egress, Forwarded};
+use crate::sfu::send_batch::SendBatch;
 use crate::sfu::track_stats::{TrackStats, TrackStatsRecorder};
 
 /// At most one keyframe request per track per this interval reaches the publisher on behalf of
@@ -176,9 +177,15 @@ impl PublishedTrack {
         self.server_muted.load(Ordering::Relaxed)
     }
 
-    /// Hands one packet to every subscriber's egress, none of which waits. Returns how many
-    /// subscribers' connections were behind (the packet is lost for them).
-    pub fn fan_out(&self, packet: &IngressPacket, metrics: &Metrics) -> usize {
+    /// Hands one packet to every subscriber's egress, none of which waits, then sends what
+    /// they put in `batch` (emptying it). Returns how many subscribers' connections were
+    /// behind (the packet is lost for them).
+    pub fn fan_out(
+        &self,
+        packet: &IngressPacket,
+        metrics: &Metrics,
+        batch: &mut SendBatch,
+    ) -> usize {
         if self.server_muted.load(Ordering::Relaxed) {
             metrics
                 .drops_server_muted
@@ -187,10 +194,11 @@ impl PublishedTrack {
         }
         let mut full = 0;
         for d in self.downstreams.load().iter() {
-            if d.egress.forward(packet) == Forwarded::Full {
+            if d.egress.forward(packet, batch) == Forwarded::Full {
                 full += 1;
             }
         }
+        batch.flush(metrics);
         full
     }
 
@@ -253,6 +261,7 @@ impl PublishedTrack {
             keyframe_pending: None,
             media_ssrc: 0,
             recorder: TrackStatsRecorder::default(),
+            batch: SendBatch::new(),
         };
         let live = GaugeGuard::new(ingress.metrics.published_tracks.clone());
         tokio::spawn(async move {
@@ -277,6 +286,8 @@ struct Ingress {
     keyframe_pending: Option<KeyframeReason>,
     media_ssrc: u32,
     recorder: TrackStatsRecorder,
+    /// Every subscriber's datagram for the packet being fanned out.
+    batch: SendBatch,
 }
 
 impl Ingress {
@@ -303,7 +314,7 @@ impl Ingress {
                             packet.rtp.payload.len(),
                             packet.received_at,
                         );
-                        let full = track.fan_out(&packet, &self.metrics);
+                        let full = track.fan_out(&packet, &self.metrics, &mut self.batch);
                         if full > 0 {
                             // The subscribers that missed a packet need a fresh keyframe.
                             self.want_keyframe(KeyframeReason::Repair);

@@ -14,6 +14,7 @@ use yoom::metrics::Metrics;
 use yoom::sfu::codecs::supported_codecs;
 use yoom::sfu::egress::{Egress, PacketSink, SinkWrite};
 use yoom::sfu::forwarder::RtpMunger;
+use yoom::sfu::send_batch::SendBatch;
 use yoom::sfu::track::PublishedTrack;
 
 /// A 1,200-byte video packet as the ingress gets it: the extension bit set (the rewrite clears
@@ -40,7 +41,7 @@ pub struct CountingSink {
 }
 
 impl PacketSink for CountingSink {
-    fn try_write(&self, packet: rtp::Packet) -> SinkWrite {
+    fn try_write(&self, packet: rtp::Packet, _batch: &mut SendBatch) -> SinkWrite {
         std::hint::black_box(&packet);
         self.packets.fetch_add(1, Ordering::Relaxed);
         SinkWrite::Written

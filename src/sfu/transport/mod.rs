@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -189,12 +190,21 @@ impl ConnectionTransport {
     /// This connection's socket on media address `ip`, for a connection Yoom drives itself
     /// ([`crate::sfu::send_connection`]). It reports a local address of its own, which
     /// [`Self::announce_sdp`] rewrites to the announced one, as for webrtc-rs' connections.
-    pub fn open_socket(&self, ip: IpAddr) -> io::Result<Arc<dyn AsyncUdpSocket>> {
-        self.wrap(std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?)
+    /// Also returns the descriptor of the kernel socket underneath, valid while the socket
+    /// lives, for sending many datagrams in one call ([`crate::sfu::send_batch`]).
+    pub fn open_socket(&self, ip: IpAddr) -> io::Result<(Arc<dyn AsyncUdpSocket>, RawFd)> {
+        self.wrap_with_fd(std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?)
     }
 
     /// Replaces the socket the driver bound (`throwaway`) with this connection's real one.
     fn wrap(&self, throwaway: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
+        self.wrap_with_fd(throwaway).map(|(socket, _)| socket)
+    }
+
+    fn wrap_with_fd(
+        &self,
+        throwaway: std::net::UdpSocket,
+    ) -> io::Result<(Arc<dyn AsyncUdpSocket>, RawFd)> {
         let reported = throwaway.local_addr()?;
         drop(throwaway);
         let ip = reported.ip();
@@ -204,7 +214,7 @@ impl ConnectionTransport {
                 format!("{ip} is not a media address"),
             )
         })?;
-        let (socket, port): (Arc<dyn AsyncUdpSocket>, u16) = match &self.media.mode {
+        let (socket, port, fd): (Arc<dyn AsyncUdpSocket>, u16, RawFd) = match &self.media.mode {
             Mode::Mux(muxes) => {
                 let mux = muxes.get(&ip).ok_or_else(|| {
                     io::Error::new(io::ErrorKind::AddrNotAvailable, "no mux for this address")
@@ -212,6 +222,7 @@ impl ConnectionTransport {
                 (
                     Arc::new(mux.register(&self.ufrag, reported)),
                     mux.local_addr().port(),
+                    mux.send_fd(),
                 )
             }
             Mode::PortRange(pool) => {
@@ -225,14 +236,19 @@ impl ConnectionTransport {
                 };
                 socket.set_nonblocking(true)?;
                 let port = lease.port();
+                let fd = socket.as_raw_fd();
                 let inner = TokioRuntime.wrap_udp_socket(socket)?;
-                (Arc::new(LeasedSocket::new(inner, reported, lease)), port)
+                (
+                    Arc::new(LeasedSocket::new(inner, reported, lease)),
+                    port,
+                    fd,
+                )
             }
         };
         if let Ok(mut announcements) = self.announcements.lock() {
             announcements.push((reported, SocketAddr::new(announce_ip, port)));
         }
-        Ok(socket)
+        Ok((socket, fd))
     }
 
     fn announcements(&self) -> Vec<(SocketAddr, SocketAddr)> {

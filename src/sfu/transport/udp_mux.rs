@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -131,6 +132,11 @@ impl UdpMux {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The shared socket's descriptor, open as long as this mux or any [`MuxedSocket`] of it.
+    pub fn send_fd(&self) -> RawFd {
+        self.shared.io.as_raw_fd()
     }
 
     /// A socket for the connection whose local ICE ufrag is `ufrag`. `reported_addr` is what
