@@ -8,9 +8,11 @@
 //! - `rtc`: `RTCRtpSender::write_rtp` + `poll_write` through the chain Yoom used until then
 //!   (NACK responder and sender reports added back): the packet is moved through every
 //!   handler, kept by the NACK responder, counted, encrypted and queued;
-//! - `outbound stream`: `OutboundStream::send`, what the server does now: marshal, encrypt
-//!   with the captured keys, hand the datagram to the socket (here one that keeps it in
-//!   memory), keep the packet for NACKs, count it.
+//! - `outbound stream`: `OutboundStream::send` and the send batch's flush, what the server
+//!   does now: marshal into the batch's buffer, encrypt there in place with the captured keys,
+//!   hand the datagram to the socket (here one that keeps it in memory, one `poll_send` per
+//!   datagram where the server's kernel socket takes a `sendmmsg`), keep the packet for NACKs,
+//!   count it.
 //!
 //! With 100 connections written in turn the figures include what touching 100 connections'
 //! state costs the caches. Before timing, each way's datagram must decrypt at the client.

@@ -1,19 +1,30 @@
 //! The per-packet path allocates nothing per subscriber: a counting global allocator watches
 //! the rewrite, and the fan-out of the same number of packets through one subscriber's egress
-//! and through 100 subscribers' egresses.
-//!
-//! The egresses here write to a counting sink. In the server they write to the track's outbound
-//! stream on the subscriber's connection, where `rtc-srtp` returns each protected datagram in a
-//! new buffer: one allocation per packet per subscriber that is the library's API, not Yoom's
-//! (docs/benchmarks.md, `cargo bench --bench rtc_send_path`).
+//! and through 100 subscribers' egresses: once with egresses that write to a counting sink
+//! (Yoom's rewrite and hand-over alone), once as in the server, where each egress writes to its
+//! subscriber's outbound stream, which marshals and SRTP-protects the packet into the track's
+//! send batch, and the batch goes to a real UDP socket with `sendmmsg`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::srtp::protection_profile::ProtectionProfile;
+use webrtc::runtime::{AsyncUdpSocket, Runtime, TokioRuntime};
+use yoom::ids::MemberId;
+use yoom::metrics::Metrics;
+use yoom::sfu::codecs::supported_codecs;
+use yoom::sfu::egress::{Egress, PacketSink, SinkWrite};
 use yoom::sfu::forwarder::RtpMunger;
+use yoom::sfu::outbound_stream::{OutboundStream, Route};
 use yoom::sfu::send_batch::SendBatch;
-use yoom::sfu::track::IngressPacket;
+use yoom::sfu::srtp_keys::SrtpKeys;
+use yoom::sfu::track::{IngressPacket, PublishedTrack};
 
 #[path = "support/packet_path.rs"]
 mod packet_path;
@@ -78,6 +89,29 @@ fn no_allocation_per_packet_per_subscriber() {
         one <= u64::from(PACKETS),
         "{one} allocations for {PACKETS} packets to one subscriber"
     );
+
+    // The same through outbound streams, SRTP and the kernel, for both SRTP profiles.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _inside = runtime.enter();
+    for (profile, salt_len) in [
+        (ProtectionProfile::AeadAes128Gcm, 12),
+        (ProtectionProfile::Aes128CmHmacSha1_80, 14),
+    ] {
+        let one = stream_fan_out_allocations(1, PACKETS, profile, salt_len);
+        let hundred = stream_fan_out_allocations(SUBSCRIBERS, PACKETS, profile, salt_len);
+        assert_eq!(
+            hundred, one,
+            "{profile:?}: {hundred} allocations sending {PACKETS} packets to {SUBSCRIBERS} \
+             subscribers' outbound streams, {one} to one: something allocates per subscriber"
+        );
+        assert!(
+            one <= u64::from(PACKETS),
+            "{profile:?}: {one} allocations for {PACKETS} packets to one outbound stream"
+        );
+    }
 }
 
 /// Allocations while `packets` fresh packets go through a track with `subscribers` egresses,
@@ -100,5 +134,86 @@ fn fan_out_allocations(subscribers: u32, packets: u16) -> u64 {
     });
     let deliveries = packets.len() as u64 * u64::from(subscribers);
     assert_eq!(sink.packets.load(Ordering::Relaxed) - before, deliveries);
+    allocs
+}
+
+/// An egress's sink as the server's: the subscriber's outbound stream.
+struct StreamSink {
+    stream: Arc<OutboundStream>,
+    metrics: Arc<Metrics>,
+}
+
+impl PacketSink for StreamSink {
+    fn try_write(&self, packet: rtp::Packet, batch: &mut SendBatch) -> SinkWrite {
+        match self.stream.send(packet, batch, &self.metrics) {
+            Ok(()) => SinkWrite::Written,
+            Err(e) => panic!("outbound stream refused a packet: {e:?}"),
+        }
+    }
+}
+
+/// Allocations while `packets` fresh packets go through a track whose `subscribers` egresses
+/// write to outbound streams, all routed from one UDP socket to one loopback receiver (which
+/// never reads: what it cannot take the kernel drops, as it would a slow client's).
+fn stream_fan_out_allocations(
+    subscribers: u32,
+    packets: u16,
+    profile: ProtectionProfile,
+    salt_len: usize,
+) -> u64 {
+    const WARM_UP: u16 = 1_100;
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").expect("receiver");
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("sender");
+    sender.set_nonblocking(true).expect("non-blocking");
+    let fd = sender.as_raw_fd();
+    let socket: Arc<dyn AsyncUdpSocket> = TokioRuntime.wrap_udp_socket(sender).expect("wrap");
+    let route = Arc::new(Route {
+        keys: SrtpKeys::new(profile, vec![7; 16], vec![9; salt_len]).expect("keys"),
+        socket,
+        fd: Some(fd),
+        ipv6_socket: false,
+        peer: receiver.local_addr().expect("receiver address"),
+    });
+    let codec = supported_codecs()
+        .into_iter()
+        .find(|(p, _)| p.payload_type == 96)
+        .map(|(p, _)| p.rtp_codec)
+        .expect("the server forwards payload type 96");
+    let track = PublishedTrack::detached(MemberId::next(), RtpCodecKind::Video, codec);
+    let metrics = Arc::new(Metrics::new());
+    let connected = Arc::new(AtomicBool::new(true));
+    for i in 0..subscribers {
+        // Video keeps a NACK history, as in the server.
+        let stream = OutboundStream::new(RTCRtpSenderId::default(), true);
+        stream.set_route(Some(route.clone()));
+        let sink = Arc::new(StreamSink {
+            stream,
+            metrics: metrics.clone(),
+        });
+        let egress = Egress::new(
+            sink,
+            RtpMunger::new(1000 + i, 96, 90_000),
+            connected.clone(),
+            metrics.clone(),
+            None,
+        );
+        track.add_subscriber(&MemberId::next(), Arc::new(egress));
+    }
+    let mut batch = SendBatch::new();
+    // Past the history's 1,024 slots, so every slot has held a packet once.
+    for seq in 0..WARM_UP {
+        track.fan_out(&IngressPacket::new(video_packet(seq)), &metrics, &mut batch);
+    }
+    let packets: Vec<IngressPacket> = (WARM_UP..WARM_UP + packets)
+        .map(|seq| IngressPacket::new(video_packet(seq)))
+        .collect();
+    let sent_before = metrics.wire.packets_out.get();
+    let (_, allocs) = counted(|| {
+        for p in &packets {
+            track.fan_out(p, &metrics, &mut batch);
+        }
+    });
+    let deliveries = packets.len() as u64 * u64::from(subscribers);
+    assert_eq!(metrics.wire.packets_out.get() - sent_before, deliveries);
     allocs
 }

@@ -22,6 +22,7 @@ pub mod room;
 pub mod send_batch;
 pub mod send_connection;
 pub mod srtp_keys;
+pub mod srtp_sender;
 pub mod ssrc_pool;
 pub mod track;
 pub mod track_stats;

@@ -4,8 +4,8 @@
 //! subscriber's NACKs from, and the counters its sender reports carry.
 //!
 //! This is the per-packet, per-subscriber path, so it takes only this stream's lock, touches
-//! only this stream's state, and allocates nothing but the protected datagram `rtc-srtp` returns
-//! (its API has no caller-owned output buffer).
+//! only this stream's state, and allocates nothing: the packet is marshalled and protected in
+//! place in the batch's buffer ([`crate::sfu::srtp_sender`]).
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -13,20 +13,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
-
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp;
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::shared::marshal::{Marshal, MarshalSize};
-use rtc::srtp::context::Context as SrtpContext;
 use tracing::debug;
 use webrtc::runtime::{AsyncUdpSocket, Transmit};
 
 use crate::metrics::Metrics;
 use crate::sfu::send_batch::SendBatch;
 use crate::sfu::srtp_keys::SrtpKeys;
+use crate::sfu::srtp_sender::{SrtpSender, MAX_TAG_LEN};
 
 /// Packets kept per video stream for retransmission, as many as `rtc`'s NACK responder kept
 /// (about 6 s of 1.5 Mbit/s video). They share their payloads with every other subscriber's
@@ -60,9 +58,9 @@ pub struct OutboundStream {
 
 struct StreamState {
     route: Option<Arc<Route>>,
-    srtp: Option<SrtpContext>,
-    /// The marshalled packet before protection, reused.
-    plain: Vec<u8>,
+    srtp: Option<SrtpSender>,
+    /// Where a retransmission is marshalled and protected, reused.
+    scratch: Vec<u8>,
     history: Vec<Option<rtp::Packet>>,
     report: ReportCounters,
 }
@@ -88,7 +86,7 @@ impl OutboundStream {
             state: Mutex::new(StreamState {
                 route: None,
                 srtp: None,
-                plain: Vec::new(),
+                scratch: Vec::new(),
                 history: if keeps_history {
                     (0..HISTORY).map(|_| None).collect()
                 } else {
@@ -108,17 +106,17 @@ impl OutboundStream {
     }
 
     /// Where packets go from now on (set by the connection's driver; `None` stops sending).
-    /// The SRTP context is kept across a new pair with the same keys: its per-SSRC rollover
-    /// state must go on.
+    /// The SRTP state is kept across a new pair with the same keys: its rollover counter must
+    /// go on.
     pub fn set_route(&self, route: Option<Arc<Route>>) {
         let mut state = self.lock();
         if let Some(new) = &route {
             let same_keys = state.route.as_ref().is_some_and(|r| r.keys.same(&new.keys));
             if state.srtp.is_none() || !same_keys {
-                state.srtp = match new.keys.context() {
-                    Ok(context) => Some(context),
+                state.srtp = match new.keys.sender() {
+                    Ok(sender) => Some(sender),
                     Err(e) => {
-                        debug!(error = %e, "SRTP context");
+                        debug!(error = %e, "SRTP sender");
                         None
                     }
                 };
@@ -136,8 +134,12 @@ impl OutboundStream {
         metrics: &Metrics,
     ) -> Result<(), SendFailure> {
         let mut state = self.lock();
-        let (route, protected, size) = state.protect(&packet)?;
-        batch.push(route, protected);
+        let Some(route) = state.route.clone() else {
+            return Err(SendFailure::NoRoute);
+        };
+        let room = batch.next_datagram(packet.marshal_size() + MAX_TAG_LEN);
+        let (len, size) = state.protect(&packet, room)?;
+        batch.commit(route, len);
         metrics.wire.packets_out.inc();
         metrics.wire.bytes_out.inc_by(size as u64);
         state.report.count(&packet);
@@ -161,10 +163,15 @@ impl OutboundStream {
                     continue;
                 };
                 if packet.header.sequence_number == sequence {
-                    if let Ok((route, protected, size)) = state.protect(&packet) {
-                        send_datagram(route.socket.as_ref(), route.peer, &protected, metrics);
-                        metrics.wire.packets_out_retransmit.inc();
-                        metrics.wire.bytes_out_retransmit.inc_by(size as u64);
+                    if let Some(route) = state.route.clone() {
+                        let mut buf = std::mem::take(&mut state.scratch);
+                        buf.resize(packet.marshal_size() + MAX_TAG_LEN, 0);
+                        if let Ok((len, size)) = state.protect(&packet, &mut buf) {
+                            send_datagram(route.socket.as_ref(), route.peer, &buf[..len], metrics);
+                            metrics.wire.packets_out_retransmit.inc();
+                            metrics.wire.bytes_out_retransmit.inc_by(size as u64);
+                        }
+                        state.scratch = buf;
                     }
                 }
                 state.history[slot] = Some(packet);
@@ -198,31 +205,25 @@ impl OutboundStream {
 }
 
 impl StreamState {
-    /// Protects one packet for the current route; returns the route, the datagram, and the
-    /// packet's size before protection. A datagram the socket then cannot take is already in
-    /// the history: a NACK repairs it.
+    /// Marshals one packet into `out` (which has room for it and [`MAX_TAG_LEN`] more) and
+    /// protects it there; returns the datagram's length and the packet's before protection.
+    /// A datagram the socket then cannot take is already in the history: a NACK repairs it.
     fn protect(
         &mut self,
         packet: &rtp::Packet,
-    ) -> Result<(&Arc<Route>, BytesMut, usize), SendFailure> {
-        let Some(route) = self.route.as_ref() else {
-            return Err(SendFailure::NoRoute);
-        };
+        out: &mut [u8],
+    ) -> Result<(usize, usize), SendFailure> {
         let Some(srtp) = self.srtp.as_mut() else {
             return Err(SendFailure::Protect);
         };
-        let size = packet.marshal_size();
-        self.plain.resize(size, 0);
-        let written = packet
-            .marshal_to(&mut self.plain)
-            .map_err(|_| SendFailure::Protect)?;
+        let written = packet.marshal_to(out).map_err(|_| SendFailure::Protect)?;
         let protected = srtp
-            .encrypt_rtp_with_header(&self.plain[..written], &packet.header)
+            .protect(out, written, packet.header.marshal_size())
             .map_err(|e| {
                 debug!(error = %e, "SRTP protection");
                 SendFailure::Protect
             })?;
-        Ok((route, protected, written))
+        Ok((protected, written))
     }
 }
 

@@ -5,6 +5,10 @@
 //! What this saves is the kernel's per-call work (syscall entry and exit, copying the message
 //! header in); the per-datagram UDP/IP work stays. The datagrams are sent before the ingress
 //! task takes the next packet, so batching adds no delay.
+//!
+//! The datagrams are written (marshalled and protected in place) straight into one buffer the
+//! batch keeps for the next packet, so sending a packet to any number of subscribers allocates
+//! nothing once the buffer has grown to the room's size.
 
 use std::io;
 use std::mem;
@@ -12,7 +16,6 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use tracing::debug;
 
 use crate::metrics::Metrics;
@@ -26,12 +29,17 @@ const CHUNK: usize = 64;
 #[derive(Default)]
 pub struct SendBatch {
     pending: Vec<Pending>,
+    /// Every pending datagram's bytes, one after another.
+    arena: Vec<u8>,
+    /// Where the committed datagrams end in `arena`.
+    committed: usize,
 }
 
 struct Pending {
     /// Keeps the socket (and so its descriptor) open until the datagram is sent.
     route: Arc<Route>,
-    datagram: BytesMut,
+    start: usize,
+    len: usize,
 }
 
 impl SendBatch {
@@ -39,11 +47,23 @@ impl SendBatch {
         SendBatch::default()
     }
 
-    pub fn push(&mut self, route: &Arc<Route>, datagram: BytesMut) {
+    /// Room for the next datagram, up to `max_len` bytes, zeroed. What is written there is
+    /// only sent once [`Self::commit`] says how much of it is the datagram.
+    pub fn next_datagram(&mut self, max_len: usize) -> &mut [u8] {
+        self.arena.truncate(self.committed);
+        self.arena.resize(self.committed + max_len, 0);
+        &mut self.arena[self.committed..]
+    }
+
+    /// Sends the first `len` bytes of what [`Self::next_datagram`] gave, on `route`.
+    pub fn commit(&mut self, route: Arc<Route>, len: usize) {
+        let len = len.min(self.arena.len() - self.committed);
         self.pending.push(Pending {
-            route: route.clone(),
-            datagram,
+            route,
+            start: self.committed,
+            len,
         });
+        self.committed += len;
     }
 
     pub fn len(&self) -> usize {
@@ -67,24 +87,27 @@ impl SendBatch {
             match first.route.fd {
                 Some(fd) => {
                     for chunk in now.chunks(CHUNK) {
-                        send_chunk(fd, chunk, metrics);
+                        send_chunk(fd, chunk, &self.arena, metrics);
                     }
                 }
                 // A socket that is not the kernel's (benchmarks' in-memory ones).
                 None => {
                     for p in now {
-                        send_datagram(p.route.socket.as_ref(), p.route.peer, &p.datagram, metrics);
+                        let contents = &self.arena[p.start..p.start + p.len];
+                        send_datagram(p.route.socket.as_ref(), p.route.peer, contents, metrics);
                     }
                 }
             }
             rest = later;
         }
         self.pending.clear();
+        self.arena.clear();
+        self.committed = 0;
     }
 }
 
 /// Sends up to [`CHUNK`] datagrams from `fd` with as few `sendmmsg` calls as the socket allows.
-fn send_chunk(fd: RawFd, chunk: &[Pending], metrics: &Metrics) {
+fn send_chunk(fd: RawFd, chunk: &[Pending], arena: &[u8], metrics: &Metrics) {
     debug_assert!(chunk.len() <= CHUNK);
     // SAFETY: all-zero is a valid value of these plain C structs.
     let mut addrs: [libc::sockaddr_storage; CHUNK] = unsafe { mem::zeroed() };
@@ -96,9 +119,10 @@ fn send_chunk(fd: RawFd, chunk: &[Pending], metrics: &Metrics) {
             debug!(peer = %p.route.peer, "no IPv4 route from an IPv6-only socket");
             continue;
         };
+        let contents = &arena[p.start..p.start + p.len];
         iovecs[count] = libc::iovec {
-            iov_base: p.datagram.as_ptr() as *mut libc::c_void,
-            iov_len: p.datagram.len(),
+            iov_base: contents.as_ptr() as *mut libc::c_void,
+            iov_len: contents.len(),
         };
         let header = &mut headers[count].msg_hdr;
         header.msg_name = (&mut addrs[count] as *mut libc::sockaddr_storage).cast();
@@ -111,9 +135,9 @@ fn send_chunk(fd: RawFd, chunk: &[Pending], metrics: &Metrics) {
     while sent < count {
         let left = &mut headers[sent..count];
         // SAFETY: `fd` is open (the route in every entry holds its socket), and every header
-        // points at an address and an iovec in the arrays above, whose iovec points into a
-        // datagram the chunk holds; all of them outlive the call. The kernel only reads them
-        // (and writes each header's `msg_len`).
+        // points at an address and an iovec in the arrays above, whose iovec points into
+        // `arena`; all of them outlive the call. The kernel only reads them (and writes each
+        // header's `msg_len`).
         let n = unsafe { libc::sendmmsg(fd, left.as_mut_ptr(), left.len() as libc::c_uint, 0) };
         if n > 0 {
             sent += n as usize;
@@ -196,6 +220,8 @@ mod tests {
     use webrtc::runtime::{AsyncUdpSocket, Runtime, TokioRuntime};
 
     use super::*;
+    use rtc::srtp::protection_profile::ProtectionProfile;
+
     use crate::sfu::srtp_keys::SrtpKeys;
 
     /// A route out of `socket` (kept open by the route) to `peer`.
@@ -206,7 +232,12 @@ mod tests {
             .wrap_udp_socket(socket.try_clone().unwrap())
             .unwrap();
         Arc::new(Route {
-            keys: SrtpKeys::made_up(),
+            keys: SrtpKeys::new(
+                ProtectionProfile::Aes128CmHmacSha1_80,
+                vec![1; 16],
+                vec![2; 14],
+            )
+            .unwrap(),
             socket,
             fd: Some(fd),
             ipv6_socket: local.is_ipv6(),
@@ -233,8 +264,17 @@ mod tests {
         got
     }
 
-    fn datagram(n: usize) -> BytesMut {
-        BytesMut::from(format!("datagram {n}").as_bytes())
+    fn datagram(n: usize) -> Vec<u8> {
+        format!("datagram {n}").into_bytes()
+    }
+
+    /// What an outbound stream does: write into the batch's buffer, then commit.
+    fn push(batch: &mut SendBatch, route: &Arc<Route>, contents: &[u8]) {
+        // More room than needed, as a stream asks for room for the longest tag.
+        let room = batch.next_datagram(contents.len() + 16);
+        room[..contents.len()].copy_from_slice(contents);
+        room[contents.len()..].fill(0xee);
+        batch.commit(route.clone(), contents.len());
     }
 
     #[tokio::test]
@@ -253,9 +293,13 @@ mod tests {
         let total = CHUNK * 2 + 7;
         let refused = route(&sender, "127.0.0.1:0".parse().unwrap());
         for n in 0..total {
-            batch.push(&routes[n % 3], datagram(n));
+            push(&mut batch, &routes[n % 3], &datagram(n));
             if n == 10 {
-                batch.push(&refused, datagram(n));
+                push(&mut batch, &refused, &datagram(n));
+            }
+            if n == 20 {
+                // Written but never committed (a packet that failed protection): not sent.
+                batch.next_datagram(50).fill(b'x');
             }
         }
         assert_eq!(batch.len(), total + 1);
@@ -264,10 +308,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         for (i, r) in receivers.iter().enumerate() {
             let got = drain(r);
-            let want: Vec<Vec<u8>> = (0..total)
-                .filter(|n| n % 3 == i)
-                .map(|n| datagram(n).to_vec())
-                .collect();
+            let want: Vec<Vec<u8>> = (0..total).filter(|n| n % 3 == i).map(datagram).collect();
             assert_eq!(got.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>(), want);
             assert!(got
                 .iter()
@@ -297,14 +338,14 @@ mod tests {
         let mut batch = SendBatch::new();
         // Interleaved, so every run of one socket is a single datagram.
         for n in 0..6 {
-            batch.push(&routes[n % 2], datagram(n));
+            push(&mut batch, &routes[n % 2], &datagram(n));
         }
         batch.flush(&Metrics::new());
         tokio::time::sleep(Duration::from_millis(50)).await;
         let got = drain(&peer);
         assert_eq!(got.len(), 6);
         for (n, (contents, from)) in got.iter().enumerate() {
-            assert_eq!(*contents, datagram(n).to_vec());
+            assert_eq!(*contents, datagram(n));
             assert_eq!(*from, senders[n % 2].local_addr().unwrap());
         }
     }
@@ -316,19 +357,35 @@ mod tests {
         let v4_peer = receiver("127.0.0.1:0");
         let v6_peer = receiver("[::1]:0");
         let mut batch = SendBatch::new();
-        batch.push(&route(&v6, v4_peer.local_addr().unwrap()), datagram(1));
-        batch.push(&route(&v6, v6_peer.local_addr().unwrap()), datagram(2));
+        push(
+            &mut batch,
+            &route(&v6, v4_peer.local_addr().unwrap()),
+            &datagram(1),
+        );
+        push(
+            &mut batch,
+            &route(&v6, v6_peer.local_addr().unwrap()),
+            &datagram(2),
+        );
         // An IPv4 socket cannot reach an IPv6 peer; the datagram after it still goes.
         let v4 = UdpSocket::bind("127.0.0.1:0").unwrap();
         v4.set_nonblocking(true).unwrap();
-        batch.push(&route(&v4, v6_peer.local_addr().unwrap()), datagram(3));
-        batch.push(&route(&v4, v4_peer.local_addr().unwrap()), datagram(4));
+        push(
+            &mut batch,
+            &route(&v4, v6_peer.local_addr().unwrap()),
+            &datagram(3),
+        );
+        push(
+            &mut batch,
+            &route(&v4, v4_peer.local_addr().unwrap()),
+            &datagram(4),
+        );
         batch.flush(&Metrics::new());
         tokio::time::sleep(Duration::from_millis(50)).await;
         let to_v4: Vec<Vec<u8>> = drain(&v4_peer).into_iter().map(|(d, _)| d).collect();
         let to_v6: Vec<Vec<u8>> = drain(&v6_peer).into_iter().map(|(d, _)| d).collect();
-        assert_eq!(to_v4, vec![datagram(1).to_vec(), datagram(4).to_vec()]);
-        assert_eq!(to_v6, vec![datagram(2).to_vec()]);
+        assert_eq!(to_v4, vec![datagram(1), datagram(4)]);
+        assert_eq!(to_v6, vec![datagram(2)]);
     }
 
     #[test]

@@ -21,8 +21,9 @@ use rtc::crypto::{
     SigningKey, StreamCipher, StreamCipherAlgorithm,
 };
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
-use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
+
+use crate::sfu::srtp_sender::{SrtpError, SrtpSender};
 
 /// The SRTP profiles a connection whose keys are captured may negotiate: the two every browser
 /// offers, told apart by which cipher `rtc` keys (an AEAD or not). AES-256 would need the
@@ -58,26 +59,28 @@ impl SrtpKeys {
             && self.master_salt == other.master_salt
     }
 
-    /// Made-up keys, for tests of what carries keys around.
-    #[cfg(test)]
-    pub(crate) fn made_up() -> SrtpKeys {
-        SrtpKeys {
-            profile: ProtectionProfile::Aes128CmHmacSha1_80,
-            master_key: vec![1; 16],
-            master_salt: vec![2; 14],
-            provider: shared_default().expect("the default crypto provider"),
-        }
+    /// Keys that came from elsewhere than a capture (tests and benchmarks), for the default
+    /// crypto provider. The lengths are checked when a sender is made.
+    pub fn new(
+        profile: ProtectionProfile,
+        master_key: Vec<u8>,
+        master_salt: Vec<u8>,
+    ) -> Result<SrtpKeys, SrtpError> {
+        Ok(SrtpKeys {
+            profile,
+            master_key,
+            master_salt,
+            provider: shared_default()?,
+        })
     }
 
-    /// A fresh sending context. Contexts keep per-SSRC state only, so one per stream is the
-    /// same as one per connection, and no stream's writer waits for another's.
-    pub fn context(&self) -> rtc::shared::error::Result<Context> {
-        Context::new(
+    /// A fresh sending SRTP state for one stream. SRTP keeps its state per SSRC, so one per
+    /// stream is the same as one per connection, and no stream's writer waits for another's.
+    pub fn sender(&self) -> Result<SrtpSender, SrtpError> {
+        SrtpSender::new(
+            self.profile,
             &self.master_key,
             &self.master_salt,
-            self.profile,
-            None,
-            None,
             self.provider.crypto(),
         )
     }
@@ -440,14 +443,16 @@ mod tests {
                 payload: Bytes::from_static(payload),
             };
             let plain = packet.marshal().unwrap();
-            let protected = keys
-                .context()
+            let mut protected = plain.to_vec();
+            protected.resize(plain.len() + MAX_TAG_LEN, 0);
+            let len = keys
+                .sender()
                 .unwrap()
-                .encrypt_rtp_with_header(&plain, &packet.header)
+                .protect(&mut protected, plain.len(), packet.header.marshal_size())
                 .unwrap();
             deliver(
                 &mut self.client,
-                &protected,
+                &protected[..len],
                 self.client_addr,
                 self.server_addr,
             );
@@ -466,7 +471,9 @@ mod tests {
         }
     }
 
-    use rtc::shared::marshal::Marshal;
+    use rtc::shared::marshal::{Marshal, MarshalSize};
+
+    use crate::sfu::srtp_sender::MAX_TAG_LEN;
 
     fn captured_keys_protect_what_the_peer_accepts(client_profiles: Vec<SrtpProtectionProfile>) {
         let mut pair = Pair::connect(client_profiles);
