@@ -12,14 +12,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rtc::rtp;
-use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::srtp::protection_profile::ProtectionProfile;
 use webrtc::runtime::{AsyncUdpSocket, Runtime, TokioRuntime};
-use yoom::ids::MemberId;
 use yoom::metrics::Metrics;
-use yoom::sfu::codecs::supported_codecs;
-use yoom::sfu::egress::{Egress, PacketSink, SinkWrite};
+use yoom::sfu::egress::{PacketSink, SinkWrite};
 use yoom::sfu::forwarder::RtpMunger;
 use yoom::sfu::outbound_stream::{OutboundStream, Route};
 use yoom::sfu::send_batch::SendBatch;
@@ -28,7 +25,7 @@ use yoom::sfu::track::{IngressPacket, PublishedTrack};
 
 #[path = "support/packet_path.rs"]
 mod packet_path;
-use packet_path::{track_with_egresses, video_packet};
+use packet_path::{track_with_egresses, track_with_sinks, video_packet};
 
 struct Counting;
 
@@ -117,23 +114,37 @@ fn no_allocation_per_packet_per_subscriber() {
 /// Allocations while `packets` fresh packets go through a track with `subscribers` egresses,
 /// once every egress has started.
 fn fan_out_allocations(subscribers: u32, packets: u16) -> u64 {
-    const WARM_UP: u16 = 500;
     let (track, metrics, sink) = track_with_egresses(subscribers);
+    counted_fan_out(&track, &metrics, subscribers, 500, packets, || {
+        sink.packets.load(Ordering::Relaxed)
+    })
+}
+
+/// Fans `warm_up` packets out, then counts the allocations while `packets` more go out to the
+/// track's `subscribers`, and checks that every one of them was `delivered`.
+fn counted_fan_out(
+    track: &PublishedTrack,
+    metrics: &Metrics,
+    subscribers: u32,
+    warm_up: u16,
+    packets: u16,
+    delivered: impl Fn() -> u64,
+) -> u64 {
     let mut batch = SendBatch::new();
-    for seq in 0..WARM_UP {
-        track.fan_out(&IngressPacket::new(video_packet(seq)), &metrics, &mut batch);
+    for seq in 0..warm_up {
+        track.fan_out(&IngressPacket::new(video_packet(seq)), metrics, &mut batch);
     }
-    let packets: Vec<IngressPacket> = (WARM_UP..WARM_UP + packets)
+    let packets: Vec<IngressPacket> = (warm_up..warm_up + packets)
         .map(|seq| IngressPacket::new(video_packet(seq)))
         .collect();
-    let before = sink.packets.load(Ordering::Relaxed);
+    let before = delivered();
     let (_, allocs) = counted(|| {
         for p in &packets {
-            track.fan_out(p, &metrics, &mut batch);
+            track.fan_out(p, metrics, &mut batch);
         }
     });
     let deliveries = packets.len() as u64 * u64::from(subscribers);
-    assert_eq!(sink.packets.load(Ordering::Relaxed) - before, deliveries);
+    assert_eq!(delivered() - before, deliveries);
     allocs
 }
 
@@ -161,7 +172,6 @@ fn stream_fan_out_allocations(
     profile: ProtectionProfile,
     salt_len: usize,
 ) -> u64 {
-    const WARM_UP: u16 = 1_100;
     let receiver = std::net::UdpSocket::bind("127.0.0.1:0").expect("receiver");
     let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("sender");
     sender.set_nonblocking(true).expect("non-blocking");
@@ -174,46 +184,18 @@ fn stream_fan_out_allocations(
         ipv6_socket: false,
         peer: receiver.local_addr().expect("receiver address"),
     });
-    let codec = supported_codecs()
-        .into_iter()
-        .find(|(p, _)| p.payload_type == 96)
-        .map(|(p, _)| p.rtp_codec)
-        .expect("the server forwards payload type 96");
-    let track = PublishedTrack::detached(MemberId::next(), RtpCodecKind::Video, codec);
     let metrics = Arc::new(Metrics::new());
-    let connected = Arc::new(AtomicBool::new(true));
-    for i in 0..subscribers {
+    let track = track_with_sinks(subscribers, &metrics, || {
         // Video keeps a NACK history, as in the server.
         let stream = OutboundStream::new(RTCRtpSenderId::default(), true);
         stream.set_route(Some(route.clone()));
-        let sink = Arc::new(StreamSink {
+        Arc::new(StreamSink {
             stream,
             metrics: metrics.clone(),
-        });
-        let egress = Egress::new(
-            sink,
-            RtpMunger::new(1000 + i, 96, 90_000),
-            connected.clone(),
-            metrics.clone(),
-            None,
-        );
-        track.add_subscriber(&MemberId::next(), Arc::new(egress));
-    }
-    let mut batch = SendBatch::new();
-    // Past the history's 1,024 slots, so every slot has held a packet once.
-    for seq in 0..WARM_UP {
-        track.fan_out(&IngressPacket::new(video_packet(seq)), &metrics, &mut batch);
-    }
-    let packets: Vec<IngressPacket> = (WARM_UP..WARM_UP + packets)
-        .map(|seq| IngressPacket::new(video_packet(seq)))
-        .collect();
-    let sent_before = metrics.wire.packets_out.get();
-    let (_, allocs) = counted(|| {
-        for p in &packets {
-            track.fan_out(p, &metrics, &mut batch);
-        }
+        })
     });
-    let deliveries = packets.len() as u64 * u64::from(subscribers);
-    assert_eq!(metrics.wire.packets_out.get() - sent_before, deliveries);
-    allocs
+    // A warm-up past the history's 1,024 slots, so every slot has held a packet once.
+    counted_fan_out(&track, &metrics, subscribers, 1_100, packets, || {
+        metrics.wire.packets_out.get()
+    })
 }

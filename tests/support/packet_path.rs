@@ -51,18 +51,31 @@ impl PacketSink for CountingSink {
 /// A video track forwarded to `subscribers` connected subscribers, every egress writing to one
 /// counting sink.
 pub fn track_with_egresses(subscribers: u32) -> (PublishedTrack, Arc<Metrics>, Arc<CountingSink>) {
+    let metrics = Arc::new(Metrics::new());
+    let sink = Arc::new(CountingSink::default());
+    let track = track_with_sinks(subscribers, &metrics, || sink.clone());
+    (track, metrics, sink)
+}
+
+/// A video track forwarded to `subscribers` connected subscribers, each egress writing to the
+/// sink `sink_for` makes for it.
+// The benches include this file too, and use only `track_with_egresses`.
+#[cfg_attr(not(test), allow(dead_code))]
+pub fn track_with_sinks<S: PacketSink + 'static>(
+    subscribers: u32,
+    metrics: &Arc<Metrics>,
+    mut sink_for: impl FnMut() -> Arc<S>,
+) -> PublishedTrack {
     let codec = supported_codecs()
         .into_iter()
         .find(|(p, _)| p.payload_type == 96)
         .map(|(p, _)| p.rtp_codec)
         .expect("the server forwards payload type 96");
     let track = PublishedTrack::detached(MemberId::next(), RtpCodecKind::Video, codec);
-    let metrics = Arc::new(Metrics::new());
-    let sink = Arc::new(CountingSink::default());
     let connected = Arc::new(AtomicBool::new(true));
     for i in 0..subscribers {
         let egress = Egress::new(
-            sink.clone(),
+            sink_for(),
             RtpMunger::new(1000 + i, 96, 90_000),
             connected.clone(),
             metrics.clone(),
@@ -70,5 +83,5 @@ pub fn track_with_egresses(subscribers: u32) -> (PublishedTrack, Arc<Metrics>, A
         );
         track.add_subscriber(&MemberId::next(), Arc::new(egress));
     }
-    (track, metrics, sink)
+    track
 }
