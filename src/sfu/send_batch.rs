@@ -74,7 +74,7 @@ impl SendBatch {
         self.pending.is_empty()
     }
 
-    /// Sends everything pushed since the last flush. A datagram the socket cannot take now is
+    /// Sends everything committed since the last flush. A datagram the socket cannot take now is
     /// dropped and counted, as a single send would (UDP semantics; NACK repairs video).
     pub fn flush(&mut self, metrics: &Metrics) {
         let mut rest = &self.pending[..];
@@ -113,23 +113,29 @@ fn send_chunk(fd: RawFd, chunk: &[Pending], arena: &[u8], metrics: &Metrics) {
     let mut addrs: [libc::sockaddr_storage; CHUNK] = unsafe { mem::zeroed() };
     let mut iovecs: [libc::iovec; CHUNK] = unsafe { mem::zeroed() };
     let mut headers: [libc::mmsghdr; CHUNK] = unsafe { mem::zeroed() };
+    let mut name_lens = [0 as libc::socklen_t; CHUNK];
     let mut count = 0;
     for p in chunk {
         let Some(len) = write_sockaddr(p.route.peer, p.route.ipv6_socket, &mut addrs[count]) else {
-            debug!(peer = %p.route.peer, "no IPv4 route from an IPv6-only socket");
+            debug!(peer = %p.route.peer, "an IPv6 peer cannot be reached from an IPv4 socket");
             continue;
         };
+        name_lens[count] = len;
         let contents = &arena[p.start..p.start + p.len];
         iovecs[count] = libc::iovec {
             iov_base: contents.as_ptr() as *mut libc::c_void,
             iov_len: contents.len(),
         };
-        let header = &mut headers[count].msg_hdr;
-        header.msg_name = (&mut addrs[count] as *mut libc::sockaddr_storage).cast();
-        header.msg_namelen = len;
-        header.msg_iov = &mut iovecs[count];
-        header.msg_iovlen = 1;
         count += 1;
+    }
+    // The pointers are taken once the arrays are written, from one pointer per array.
+    let (addrs, iovecs) = (addrs.as_mut_ptr(), iovecs.as_mut_ptr());
+    for (i, header) in headers[..count].iter_mut().enumerate() {
+        // SAFETY: i < count <= CHUNK, inside both arrays.
+        header.msg_hdr.msg_name = unsafe { addrs.add(i) }.cast();
+        header.msg_hdr.msg_namelen = name_lens[i];
+        header.msg_hdr.msg_iov = unsafe { iovecs.add(i) };
+        header.msg_hdr.msg_iovlen = 1;
     }
     let mut sent = 0;
     while sent < count {
