@@ -26,7 +26,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput,
+};
 use rtc::interceptor::{NackResponderBuilder, SenderReportBuilder, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
@@ -416,41 +419,44 @@ fn send_path(c: &mut Criterion) {
                 "the client did not accept the outbound packet"
             );
         }
-        let mut seq = 0u16;
-        let mut next = 0usize;
-        let mut packet = video_packet(0);
-        g.bench_function(
+        in_turn(
+            &mut g,
             format!("write_rtp + poll_write of one packet, {n} connection(s) in turn"),
-            |b| {
-                b.iter(|| {
-                    // Every connection gets the same sequence numbers, as subscribers of one
-                    // publisher do; the next number starts when all have had the packet.
-                    if next == 0 {
-                        seq = seq.wrapping_add(1);
-                        packet = video_packet(seq);
-                    }
-                    let sent = pairs[next].send(&packet, Instant::now(), false);
-                    next = (next + 1) % pairs.len();
-                    black_box(sent)
-                })
-            },
+            &mut pairs,
+            |pair, packet| pair.send(packet, Instant::now(), false),
         );
-        g.bench_function(
+        in_turn(
+            &mut g,
             format!("outbound stream send of one packet, {n} connection(s) in turn"),
-            |b| {
-                b.iter(|| {
-                    if next == 0 {
-                        seq = seq.wrapping_add(1);
-                        packet = video_packet(seq);
-                    }
-                    let sent = pairs[next].send_outbound(&packet, &metrics);
-                    next = (next + 1) % pairs.len();
-                    black_box(sent)
-                })
-            },
+            &mut pairs,
+            |pair, packet| pair.send_outbound(packet, &metrics),
         );
     }
     g.finish();
+}
+
+/// Times `send` on the pairs in turn. Every pair gets the same sequence numbers, as
+/// subscribers of one publisher do; the next number starts when all have had the packet.
+fn in_turn(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: String,
+    pairs: &mut [Pair],
+    mut send: impl FnMut(&mut Pair, &rtp::Packet) -> usize,
+) {
+    let mut seq = 0u16;
+    let mut next = 0usize;
+    let mut packet = video_packet(0);
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            if next == 0 {
+                seq = seq.wrapping_add(1);
+                packet = video_packet(seq);
+            }
+            let sent = send(&mut pairs[next], &packet);
+            next = (next + 1) % pairs.len();
+            black_box(sent)
+        })
+    });
 }
 
 criterion_group!(benches, send_path);

@@ -138,7 +138,7 @@ impl OutboundStream {
             return Err(SendFailure::NoRoute);
         };
         let room = batch.next_datagram(packet.marshal_size() + MAX_TAG_LEN);
-        let (len, size) = state.protect(&packet, room)?;
+        let (len, size) = protect(state.srtp.as_mut(), &packet, room)?;
         batch.commit(route, len);
         metrics.wire.packets_out.inc();
         metrics.wire.bytes_out.inc_by(size as u64);
@@ -153,28 +153,33 @@ impl OutboundStream {
     /// Sends again what `nack` lists and the history still has.
     pub fn retransmit(&self, nack: &TransportLayerNack, metrics: &Metrics) {
         let mut state = self.lock();
-        if state.history.is_empty() {
+        let StreamState {
+            route,
+            srtp,
+            scratch,
+            history,
+            ..
+        } = &mut *state;
+        let Some(route) = route.as_ref() else {
+            return;
+        };
+        if history.is_empty() {
             return;
         }
         for pair in &nack.nacks {
             for sequence in pair.packet_list() {
-                let slot = usize::from(sequence) % HISTORY;
-                let Some(packet) = state.history[slot].take() else {
+                let Some(packet) = history[usize::from(sequence) % HISTORY]
+                    .as_ref()
+                    .filter(|p| p.header.sequence_number == sequence)
+                else {
                     continue;
                 };
-                if packet.header.sequence_number == sequence {
-                    if let Some(route) = state.route.clone() {
-                        let mut buf = std::mem::take(&mut state.scratch);
-                        buf.resize(packet.marshal_size() + MAX_TAG_LEN, 0);
-                        if let Ok((len, size)) = state.protect(&packet, &mut buf) {
-                            send_datagram(route.socket.as_ref(), route.peer, &buf[..len], metrics);
-                            metrics.wire.packets_out_retransmit.inc();
-                            metrics.wire.bytes_out_retransmit.inc_by(size as u64);
-                        }
-                        state.scratch = buf;
-                    }
+                scratch.resize(packet.marshal_size() + MAX_TAG_LEN, 0);
+                if let Ok((len, size)) = protect(srtp.as_mut(), packet, scratch) {
+                    send_datagram(route.socket.as_ref(), route.peer, &scratch[..len], metrics);
+                    metrics.wire.packets_out_retransmit.inc();
+                    metrics.wire.bytes_out_retransmit.inc_by(size as u64);
                 }
-                state.history[slot] = Some(packet);
             }
         }
     }
@@ -204,27 +209,26 @@ impl OutboundStream {
     }
 }
 
-impl StreamState {
-    /// Marshals one packet into `out` (which has room for it and [`MAX_TAG_LEN`] more) and
-    /// protects it there; returns the datagram's length and the packet's before protection.
-    /// A datagram the socket then cannot take is already in the history: a NACK repairs it.
-    fn protect(
-        &mut self,
-        packet: &rtp::Packet,
-        out: &mut [u8],
-    ) -> Result<(usize, usize), SendFailure> {
-        let Some(srtp) = self.srtp.as_mut() else {
-            return Err(SendFailure::Protect);
-        };
-        let written = packet.marshal_to(out).map_err(|_| SendFailure::Protect)?;
-        let protected = srtp
-            .protect(out, written, packet.header.marshal_size())
-            .map_err(|e| {
-                debug!(error = %e, "SRTP protection");
-                SendFailure::Protect
-            })?;
-        Ok((protected, written))
-    }
+/// Marshals one packet into `out` (which has room for it and [`MAX_TAG_LEN`] more) and
+/// protects it there with `srtp`; returns the datagram's length and the packet's before
+/// protection. A datagram the socket then cannot take is already in the history: a NACK
+/// repairs it.
+fn protect(
+    srtp: Option<&mut SrtpSender>,
+    packet: &rtp::Packet,
+    out: &mut [u8],
+) -> Result<(usize, usize), SendFailure> {
+    let Some(srtp) = srtp else {
+        return Err(SendFailure::Protect);
+    };
+    let written = packet.marshal_to(out).map_err(|_| SendFailure::Protect)?;
+    let protected = srtp
+        .protect(out, written, packet.header.marshal_size())
+        .map_err(|e| {
+            debug!(error = %e, "SRTP protection");
+            SendFailure::Protect
+        })?;
+    Ok((protected, written))
 }
 
 /// Sends one datagram to a subscriber without waiting: one the socket cannot take now is

@@ -10,9 +10,12 @@
 //! agent then checks the request's integrity as usual, so a forged request gains nothing but a
 //! dropped packet.
 //!
-//! Sending goes straight to the shared socket from the connection's own task (`sendmsg`, with
-//! GSO when the driver batches). A full send buffer drops the datagram — UDP semantics, repaired
-//! by NACK — rather than parking one of many writers on a single readiness waker.
+//! Sending goes straight to the shared socket from the task that has the datagram: a track's
+//! ingress task sends one packet's copies for every subscriber with one `sendmmsg`
+//! ([`crate::sfu::send_batch`], through [`UdpMux::send_fd`]); connections' drivers send the
+//! rest through [`MuxedSocket`] (`sendmsg`, with GSO when a webrtc-rs driver batches). A full
+//! send buffer drops the datagram — UDP semantics, repaired by NACK — rather than parking one
+//! of many writers on a single readiness waker.
 
 use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
