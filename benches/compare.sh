@@ -108,7 +108,7 @@ def load(t, s):
         return None
 fmt = lambda v, d=2: "n/a" if v is None else f"{v:.{d}f}"
 print()
-print(f"{'scenario':<8} {'server':<6} {'streams':>9} {'loss %':>7} {'p99 ms':>7} {'1st key p95':>11} {'core %':>7} {'µs/pkt':>7} {'steady':>7} {'RSS MiB':>8} {'tool %':>7}")
+print(f"{'scenario':<8} {'server':<6} {'streams':>9} {'loss %':>7} {'p99 ms':>7} {'1st key p95':>11} {'core %':>7} {'µs/pkt':>7} {'steady':>7} {'user':>6} {'RSS MiB':>8} {'tool %':>7}")
 for s in scenarios:
     row = {}
     for t in targets:
@@ -123,6 +123,7 @@ for s in scenarios:
         print(f"{s:<8} {t:<6} {v['tracks']:>4}/{r['video_streams_expected']:<4} {fmt(v['loss_percent'],3):>7} "
               f"{fmt(v['delay_ms_p99'],1):>7} {fmt(v['first_keyframe_ms_p95'],0):>11} {fmt(core,0):>7} "
               f"{fmt(r['server_cpu_us_per_delivered_packet']):>7} {fmt(r.get('server_cpu_us_per_delivered_packet_steady')):>7} "
+              f"{fmt(r.get('server_user_cpu_us_per_delivered_packet_steady')):>6} "
               f"{fmt(r['server_rss_mib'],1):>8} {fmt(r['tool_cpu_percent'],0):>7}")
         if r["members_failed"]:
             print(f"{'':<8} {t}: {r['members_failed']} member(s) failed (server log: {out}/{t}-server.log)")
@@ -134,4 +135,6 @@ for s in scenarios:
         print(f"{'':<8} ratio: Janus needs {jw/yw:.2f}× Yoom's CPU per delivered packet over the run{steady}")
 print("\nµs/pkt = server CPU time over the run (joins included) / packets (video+audio) the subscribers received.")
 print("steady = the same from 3 s after the last member connected to the end (no joining).")
+print("user = the part of steady spent in the server's own code; the rest is the kernel's, which on")
+print("       loopback also runs the receivers' network stack and wakes them (their machines would).")
 PY

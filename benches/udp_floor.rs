@@ -53,13 +53,17 @@ fn main() {
                 };
                 std::thread::sleep(Duration::from_millis(1));
             }
-            let cpu = thread_cpu() - before_cpu;
+            let (user, system) = thread_cpu();
+            let (user, system) = (user - before_cpu.0, system - before_cpu.1);
             std::thread::sleep(Duration::from_millis(100));
             let got = received.load(Ordering::Relaxed) - before_received;
+            let per = |d: Duration| d.as_secs_f64() * 1e6 / sent.max(1) as f64;
             println!(
-                "run {}: {name:>8}: {:.2} us of sender CPU per datagram ({sent} sent, {got} received)",
+                "run {}: {name:>8}: {:.2} us of sender CPU per datagram (user {:.2}, kernel {:.2}; {sent} sent, {got} received)",
                 round + 1,
-                cpu.as_secs_f64() * 1e6 / sent.max(1) as f64,
+                per(user + system),
+                per(user),
+                per(system),
             );
         }
     }
@@ -160,13 +164,15 @@ fn pin_to_core(core: usize) {
     }
 }
 
-fn thread_cpu() -> Duration {
+/// The calling thread's CPU time so far: (user, system).
+fn thread_cpu() -> (Duration, Duration) {
     // SAFETY: getrusage writes the struct it is given.
     let usage = unsafe {
         let mut usage: libc::rusage = mem::zeroed();
         libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
         usage
     };
-    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
+    let time =
+        |t: libc::timeval| Duration::from_micros(t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64);
+    (time(usage.ru_utime), time(usage.ru_stime))
 }

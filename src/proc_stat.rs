@@ -6,6 +6,9 @@ use std::io;
 pub struct ProcessSample {
     /// User + system CPU time.
     pub cpu_seconds: f64,
+    /// The user-mode part of `cpu_seconds`: the process's own code, not the kernel's work for
+    /// it (system calls, and the softirq work the kernel happens to run in its context).
+    pub user_seconds: f64,
     pub rss_bytes: u64,
 }
 
@@ -18,6 +21,7 @@ impl ProcessSample {
     pub fn of_self() -> ProcessSample {
         Self::read("/proc/self").unwrap_or(ProcessSample {
             cpu_seconds: 0.0,
+            user_seconds: 0.0,
             rss_bytes: 0,
         })
     }
@@ -37,6 +41,7 @@ impl ProcessSample {
             .unwrap_or(0);
         Ok(ProcessSample {
             cpu_seconds: (utime + stime) as f64 / ticks,
+            user_seconds: utime as f64 / ticks,
             rss_bytes: rss_kib * 1024,
         })
     }
@@ -75,5 +80,6 @@ mod tests {
     fn reads_this_process() {
         let s = ProcessSample::of_pid(std::process::id()).unwrap();
         assert!(s.rss_bytes > 0);
+        assert!(s.user_seconds <= s.cpu_seconds);
     }
 }

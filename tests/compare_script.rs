@@ -49,6 +49,13 @@ fn compare_sh_runs_both_servers_and_prints_the_table() {
                 .is_some(),
             "{target}: server CPU was not measured: {report}"
         );
+        // With the server's pid, its own code's share is split out of the steady figure.
+        let steady = report["server_cpu_us_per_delivered_packet_steady"].as_f64();
+        let user = report["server_user_cpu_us_per_delivered_packet_steady"].as_f64();
+        assert!(
+            steady.zip(user).is_some_and(|(s, u)| u <= s),
+            "{target}: no user/system split of the steady figure: {report}"
+        );
     }
     let table: Vec<&str> = stdout.lines().filter(|l| l.starts_with("1x2 ")).collect();
     assert_eq!(table.len(), 2, "one row per server:\n{stdout}");

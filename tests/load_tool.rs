@@ -47,6 +47,10 @@ async fn a_tiny_scenario_flows_and_is_counted() {
     // The steady-state window (after joining settled) was measured separately.
     assert!(report.steady_s.is_some_and(|s| s > 1.0), "{report:?}");
     assert!(report.server_cpu_us_per_delivered_packet_steady.is_some());
+    // Yoom's metrics do not split user and system time; only `--server-pid` does.
+    assert!(report
+        .server_user_cpu_us_per_delivered_packet_steady
+        .is_none());
     let mut table = Vec::new();
     yoom::load::print_report(&report, false, &mut table).unwrap();
     let table = String::from_utf8(table).unwrap();

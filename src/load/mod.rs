@@ -128,6 +128,10 @@ pub struct Report {
     pub server_cpu_s_steady: Option<f64>,
     /// Server CPU in the steady window over the packets subscribers received in it.
     pub server_cpu_us_per_delivered_packet_steady: Option<f64>,
+    /// The user-mode part of the figure above (`--server-pid` only): the server's own code.
+    /// The rest is the kernel's, which on loopback also runs the receivers' network stack and
+    /// wakes them; on a network their machines do that.
+    pub server_user_cpu_us_per_delivered_packet_steady: Option<f64>,
     pub target: Target,
     pub tool_cpu_percent: f64,
     pub tool_was_bottleneck: bool,
@@ -278,12 +282,20 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         (Some((_, Some(a), _)), Some(b)) => Some(b.cpu_seconds - a.cpu_seconds),
         _ => None,
     };
-    let cpu_per_delivered_steady = match (cpu_s_steady, &steady_start) {
+    let per_delivered_steady = |cpu_s: Option<f64>| match (cpu_s, &steady_start) {
         (Some(c), Some((_, _, from))) if delivered_at_end > *from => {
             Some(c * 1e6 / (delivered_at_end - from) as f64)
         }
         _ => None,
     };
+    let cpu_per_delivered_steady = per_delivered_steady(cpu_s_steady);
+    let user_cpu_per_delivered_steady =
+        per_delivered_steady(match (&steady_start, &server_after) {
+            (Some((_, Some(a), _)), Some(b)) => {
+                b.user_seconds.zip(a.user_seconds).map(|(b, a)| b - a)
+            }
+            _ => None,
+        });
     let tool_cpu_s = tool_after.cpu_seconds - tool_before.cpu_seconds;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let tool_cpu_percent = 100.0 * tool_cpu_s / elapsed.as_secs_f64();
@@ -354,6 +366,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         steady_s,
         server_cpu_s_steady: cpu_s_steady,
         server_cpu_us_per_delivered_packet_steady: cpu_per_delivered_steady,
+        server_user_cpu_us_per_delivered_packet_steady: user_cpu_per_delivered_steady,
         target: args.target,
         tool_cpu_percent,
         tool_was_bottleneck,
@@ -459,6 +472,10 @@ pub fn print_report(report: &Report, json: bool, out: &mut impl Write) -> std::i
                 opt(report.steady_s, "s")
             ),
         ),
+        (
+            "… of which the server's own code (user)",
+            opt(report.server_user_cpu_us_per_delivered_packet_steady, "µs"),
+        ),
         ("load tool CPU", format!("{:.0} %", report.tool_cpu_percent)),
     ];
     for (k, val) in rows {
@@ -469,6 +486,8 @@ pub fn print_report(report: &Report, json: bool, out: &mut impl Write) -> std::i
 
 struct ServerSample {
     cpu_seconds: f64,
+    /// Only from /proc (`--server-pid`): Yoom's metrics do not split user and system time.
+    user_seconds: Option<f64>,
     rss_bytes: Option<u64>,
     packets_forwarded: Option<u64>,
 }
@@ -490,12 +509,14 @@ async fn server_sample(args: &LoadArgs, metrics_addr: Option<SocketAddr>) -> Opt
         let s = ProcessSample::of_pid(pid).ok()?;
         return Some(ServerSample {
             cpu_seconds: s.cpu_seconds,
+            user_seconds: Some(s.user_seconds),
             rss_bytes: Some(s.rss_bytes),
             packets_forwarded,
         });
     }
     Some(ServerSample {
         cpu_seconds: metric("yoom_process_cpu_seconds_total")?,
+        user_seconds: None,
         rss_bytes: metric("yoom_process_resident_memory_bytes").map(|v| v as u64),
         packets_forwarded,
     })
