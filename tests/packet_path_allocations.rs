@@ -11,12 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rtc::rtp;
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::srtp::protection_profile::ProtectionProfile;
 use webrtc::runtime::{AsyncUdpSocket, Runtime, TokioRuntime};
 use yoom::metrics::Metrics;
-use yoom::sfu::egress::{PacketSink, SinkWrite};
 use yoom::sfu::forwarder::RtpMunger;
 use yoom::sfu::outbound_stream::{OutboundStream, Route};
 use yoom::sfu::send_batch::SendBatch;
@@ -148,21 +146,6 @@ fn counted_fan_out(
     allocs
 }
 
-/// An egress's sink as the server's: the subscriber's outbound stream.
-struct StreamSink {
-    stream: Arc<OutboundStream>,
-    metrics: Arc<Metrics>,
-}
-
-impl PacketSink for StreamSink {
-    fn try_write(&self, packet: rtp::Packet, batch: &mut SendBatch) -> SinkWrite {
-        match self.stream.send(packet, batch, &self.metrics) {
-            Ok(()) => SinkWrite::Written,
-            Err(e) => panic!("outbound stream refused a packet: {e:?}"),
-        }
-    }
-}
-
 /// Allocations while `packets` fresh packets go through a track whose `subscribers` egresses
 /// write to outbound streams, all routed from one UDP socket to one loopback receiver (which
 /// never reads: what it cannot take the kernel drops, as it would a slow client's).
@@ -189,10 +172,7 @@ fn stream_fan_out_allocations(
         // Video keeps a NACK history, as in the server.
         let stream = OutboundStream::new(RTCRtpSenderId::default(), true);
         stream.set_route(Some(route.clone()));
-        Arc::new(StreamSink {
-            stream,
-            metrics: metrics.clone(),
-        })
+        stream
     });
     // A warm-up past the history's 1,024 slots, so every slot has held a packet once.
     counted_fan_out(&track, &metrics, subscribers, 1_100, packets, || {

@@ -17,13 +17,15 @@ use rtc::rtp;
 
 use crate::metrics::Metrics;
 use crate::sfu::forwarder::RtpMunger;
+use crate::sfu::prefetch::prefetch;
 use crate::sfu::send_batch::SendBatch;
 use crate::sfu::track::IngressPacket;
 
 /// Where one subscriber's copy of a track goes.
 pub trait PacketSink: Send + Sync {
     /// Hands `packet` over without waiting; what goes on the wire is added to `batch`.
-    fn try_write(&self, packet: rtp::Packet, batch: &mut SendBatch) -> SinkWrite;
+    fn try_write(&self, packet: rtp::Packet, batch: &mut SendBatch, metrics: &Metrics)
+        -> SinkWrite;
 }
 
 /// What became of a packet handed to a [`PacketSink`].
@@ -52,6 +54,9 @@ pub struct Egress {
 struct EgressState {
     munger: RtpMunger,
     sample: u32,
+    /// `first_video` has its packet (this egress's copy of the flag, on a line the packet
+    /// path touches anyway).
+    first_video_seen: bool,
     /// Set by [`Egress::finish`]: the numbering has been handed on, nothing more is sent.
     finished: bool,
 }
@@ -106,6 +111,7 @@ impl Egress {
         metrics: Arc<Metrics>,
         first_video: Option<Arc<FirstVideo>>,
     ) -> Egress {
+        let first_video_seen = first_video.is_none();
         Egress {
             sink,
             connected,
@@ -114,6 +120,7 @@ impl Egress {
             state: Mutex::new(EgressState {
                 munger,
                 sample: 0,
+                first_video_seen,
                 finished: false,
             }),
         }
@@ -126,7 +133,7 @@ impl Egress {
             self.metrics.drops_not_connected.inc();
             return Forwarded::NotConnected;
         }
-        let (out, sampled) = {
+        let (out, sampled, first_video) = {
             // A poisoned lock only means another thread panicked mid-rewrite; the munger's
             // numbers are plain integers, still usable.
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -140,15 +147,17 @@ impl Egress {
             }
             state.sample = state.sample.wrapping_add(1);
             let sampled = state.sample.is_multiple_of(LATENCY_SAMPLE_EVERY);
+            let first_video = !state.first_video_seen;
             (
                 // The arrival time stands in for "now": the same for every subscriber, and no
                 // clock read per packet per subscriber.
                 state.munger.packet(&packet.rtp, packet.received_at),
                 sampled,
+                first_video,
             )
         };
         let bytes = out.payload.len() as u64;
-        match self.sink.try_write(out, batch) {
+        match self.sink.try_write(out, batch, &self.metrics) {
             SinkWrite::Written => {}
             SinkWrite::Full => {
                 self.metrics.drops_queue_full.inc();
@@ -167,10 +176,29 @@ impl Egress {
                 .forward_latency_us
                 .observe(latency.as_micros() as f64);
         }
-        if let Some(first) = &self.first_video {
-            first.record(&self.metrics);
+        if first_video {
+            if let Some(first) = &self.first_video {
+                first.record(&self.metrics);
+            }
+            self.state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .first_video_seen = true;
         }
         Forwarded::Sent
+    }
+
+    /// Starts loading what [`Self::forward`] reads first, for a subscriber the fan-out reaches
+    /// soon: this egress, its connection's flag and its sink.
+    pub fn prefetch(self: &Arc<Self>) {
+        prefetch(Arc::as_ptr(self), 2);
+    }
+
+    /// What [`Self::prefetch`] started loading points to: the connection's flag and the sink.
+    /// Called one subscriber later, when this egress itself has arrived.
+    pub fn prefetch_targets(&self) {
+        prefetch(Arc::as_ptr(&self.connected), 1);
+        prefetch(Arc::as_ptr(&self.sink), 3);
     }
 
     /// Stops this egress and returns the numbering it reached, for the next track sent on the
@@ -197,7 +225,12 @@ mod tests {
     }
 
     impl PacketSink for CountingSink {
-        fn try_write(&self, _packet: rtp::Packet, _batch: &mut SendBatch) -> SinkWrite {
+        fn try_write(
+            &self,
+            _packet: rtp::Packet,
+            _batch: &mut SendBatch,
+            _metrics: &Metrics,
+        ) -> SinkWrite {
             if self.closed.load(Ordering::Relaxed) {
                 return SinkWrite::Closed;
             }

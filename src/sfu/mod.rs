@@ -17,6 +17,7 @@ pub mod forwarder;
 pub mod member;
 pub mod outbound_stream;
 pub mod peer;
+pub mod prefetch;
 pub mod report_ssrc;
 pub mod room;
 pub mod send_batch;

@@ -22,6 +22,8 @@ use tracing::debug;
 use webrtc::runtime::{AsyncUdpSocket, Transmit};
 
 use crate::metrics::Metrics;
+use crate::sfu::egress::{PacketSink, SinkWrite};
+use crate::sfu::prefetch::prefetch;
 use crate::sfu::send_batch::SendBatch;
 use crate::sfu::srtp_keys::SrtpKeys;
 use crate::sfu::srtp_sender::{SrtpSender, MAX_TAG_LEN};
@@ -134,18 +136,34 @@ impl OutboundStream {
         metrics: &Metrics,
     ) -> Result<(), SendFailure> {
         let mut state = self.lock();
-        let Some(route) = state.route.clone() else {
+        let StreamState {
+            route,
+            srtp,
+            history,
+            report,
+            ..
+        } = &mut *state;
+        let Some(route) = route.as_deref() else {
             return Err(SendFailure::NoRoute);
         };
+        let slot = usize::from(packet.header.sequence_number) % HISTORY;
+        // These are most likely out of the cache since this stream's last packet; they load
+        // while the packet is marshalled (and, but for the keys, encrypted).
+        prefetch(route, 2);
+        if let Some(slot) = history.get(slot) {
+            prefetch(slot, 2);
+        }
+        if let Some(srtp) = srtp {
+            srtp.prefetch();
+        }
         let room = batch.next_datagram(packet.marshal_size() + MAX_TAG_LEN);
-        let (len, size) = protect(state.srtp.as_mut(), &packet, room)?;
+        let (len, size) = protect(srtp.as_mut(), &packet, room)?;
         batch.commit(route, len);
         metrics.wire.packets_out.inc();
         metrics.wire.bytes_out.inc_by(size as u64);
-        state.report.count(&packet);
-        if !state.history.is_empty() {
-            let slot = usize::from(packet.header.sequence_number) % HISTORY;
-            state.history[slot] = Some(packet);
+        report.count(&packet);
+        if let Some(slot) = history.get_mut(slot) {
+            *slot = Some(packet);
         }
         Ok(())
     }
@@ -206,6 +224,24 @@ impl OutboundStream {
             octet_count: r.octets,
             ..Default::default()
         })
+    }
+}
+
+/// An egress hands its packets straight to the stream: no object between them, which would be
+/// one more cache miss per packet per subscriber.
+impl PacketSink for OutboundStream {
+    fn try_write(
+        &self,
+        packet: rtp::Packet,
+        batch: &mut SendBatch,
+        metrics: &Metrics,
+    ) -> SinkWrite {
+        match self.send(packet, batch, metrics) {
+            Ok(()) => SinkWrite::Written,
+            // No route yet (the egress only forwards once the connection is up), the
+            // connection closed, or a packet that cannot be protected.
+            Err(SendFailure::NoRoute | SendFailure::Protect) => SinkWrite::Closed,
+        }
     }
 }
 

@@ -18,6 +18,8 @@ use std::sync::Arc;
 
 use tracing::debug;
 
+use webrtc::runtime::AsyncUdpSocket;
+
 use crate::metrics::Metrics;
 use crate::sfu::outbound_stream::{send_datagram, Route};
 
@@ -33,11 +35,23 @@ pub struct SendBatch {
     arena: Vec<u8>,
     /// Where the committed datagrams end in `arena`.
     committed: usize,
+    /// How much room the last [`SendBatch::next_datagram`] gave.
+    offered: usize,
+    /// Keep the pending datagrams' sockets (and so their descriptors) open until they are
+    /// sent, with their descriptors. One entry per change of kernel socket, not per datagram:
+    /// in mux mode every subscriber's route has its own handle on one shared socket, and a
+    /// reference count touched per subscriber would be one more cache miss each. Any handle
+    /// keeps the descriptor open, and an open descriptor is never another socket's.
+    sockets: Vec<(Option<RawFd>, Arc<dyn AsyncUdpSocket>)>,
 }
 
 struct Pending {
-    /// Keeps the socket (and so its descriptor) open until the datagram is sent.
-    route: Arc<Route>,
+    /// The kernel socket, if the route's socket is one.
+    fd: Option<RawFd>,
+    ipv6_socket: bool,
+    peer: SocketAddr,
+    /// Index in `sockets` (for a socket that is not the kernel's).
+    socket: usize,
     start: usize,
     len: usize,
 }
@@ -47,19 +61,36 @@ impl SendBatch {
         SendBatch::default()
     }
 
-    /// Room for the next datagram, up to `max_len` bytes, zeroed. What is written there is
-    /// only sent once [`Self::commit`] says how much of it is the datagram.
+    /// Room for the next datagram, `max_len` bytes holding whatever an earlier packet left
+    /// there (the buffer only grows, so nothing is zeroed per datagram). What is written there
+    /// is only sent once [`Self::commit`] says how much of it is the datagram.
     pub fn next_datagram(&mut self, max_len: usize) -> &mut [u8] {
-        self.arena.truncate(self.committed);
-        self.arena.resize(self.committed + max_len, 0);
-        &mut self.arena[self.committed..]
+        let end = self.committed + max_len;
+        if self.arena.len() < end {
+            self.arena.resize(end, 0);
+        }
+        self.offered = max_len;
+        &mut self.arena[self.committed..end]
     }
 
     /// Sends the first `len` bytes of what [`Self::next_datagram`] gave, on `route`.
-    pub fn commit(&mut self, route: Arc<Route>, len: usize) {
-        let len = len.min(self.arena.len() - self.committed);
+    pub fn commit(&mut self, route: &Route, len: usize) {
+        let len = len.min(std::mem::take(&mut self.offered));
+        let kept = self
+            .sockets
+            .last()
+            .is_some_and(|(fd, socket)| match route.fd {
+                Some(_) => *fd == route.fd,
+                None => Arc::as_ptr(socket).cast::<()>() == Arc::as_ptr(&route.socket).cast::<()>(),
+            });
+        if !kept {
+            self.sockets.push((route.fd, route.socket.clone()));
+        }
         self.pending.push(Pending {
-            route,
+            fd: route.fd,
+            ipv6_socket: route.ipv6_socket,
+            peer: route.peer,
+            socket: self.sockets.len() - 1,
             start: self.committed,
             len,
         });
@@ -79,12 +110,9 @@ impl SendBatch {
     pub fn flush(&mut self, metrics: &Metrics) {
         let mut rest = &self.pending[..];
         while let Some(first) = rest.first() {
-            let run = rest
-                .iter()
-                .take_while(|p| p.route.fd == first.route.fd)
-                .count();
+            let run = rest.iter().take_while(|p| p.fd == first.fd).count();
             let (now, later) = rest.split_at(run);
-            match first.route.fd {
+            match first.fd {
                 Some(fd) => {
                     for chunk in now.chunks(CHUNK) {
                         send_chunk(fd, chunk, &self.arena, metrics);
@@ -94,14 +122,14 @@ impl SendBatch {
                 None => {
                     for p in now {
                         let contents = &self.arena[p.start..p.start + p.len];
-                        send_datagram(p.route.socket.as_ref(), p.route.peer, contents, metrics);
+                        send_datagram(self.sockets[p.socket].1.as_ref(), p.peer, contents, metrics);
                     }
                 }
             }
             rest = later;
         }
         self.pending.clear();
-        self.arena.clear();
+        self.sockets.clear();
         self.committed = 0;
     }
 }
@@ -116,8 +144,8 @@ fn send_chunk(fd: RawFd, chunk: &[Pending], arena: &[u8], metrics: &Metrics) {
     let mut name_lens = [0 as libc::socklen_t; CHUNK];
     let mut count = 0;
     for p in chunk {
-        let Some(len) = write_sockaddr(p.route.peer, p.route.ipv6_socket, &mut addrs[count]) else {
-            debug!(peer = %p.route.peer, "an IPv6 peer cannot be reached from an IPv4 socket");
+        let Some(len) = write_sockaddr(p.peer, p.ipv6_socket, &mut addrs[count]) else {
+            debug!(peer = %p.peer, "an IPv6 peer cannot be reached from an IPv4 socket");
             continue;
         };
         name_lens[count] = len;
@@ -140,7 +168,7 @@ fn send_chunk(fd: RawFd, chunk: &[Pending], arena: &[u8], metrics: &Metrics) {
     let mut sent = 0;
     while sent < count {
         let left = &mut headers[sent..count];
-        // SAFETY: `fd` is open (the route in every entry holds its socket), and every header
+        // SAFETY: `fd` is open (the batch holds every pending datagram's socket), and every header
         // points at an address and an iovec in the arrays above, whose iovec points into
         // `arena`; all of them outlive the call. The kernel only reads them (and writes each
         // header's `msg_len`).
@@ -280,7 +308,7 @@ mod tests {
         let room = batch.next_datagram(contents.len() + 16);
         room[..contents.len()].copy_from_slice(contents);
         room[contents.len()..].fill(0xee);
-        batch.commit(route.clone(), contents.len());
+        batch.commit(route, contents.len());
     }
 
     #[tokio::test]
@@ -354,6 +382,33 @@ mod tests {
             assert_eq!(*contents, datagram(n));
             assert_eq!(*from, senders[n % 2].local_addr().unwrap());
         }
+    }
+
+    #[tokio::test]
+    async fn one_handle_per_run_of_a_kernel_socket_is_kept_until_the_send() {
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.set_nonblocking(true).unwrap();
+        let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+        other.set_nonblocking(true).unwrap();
+        let peer = receiver("127.0.0.1:0");
+        let to = peer.local_addr().unwrap();
+        // Every subscriber's route has its own handle on the one shared socket, as in mux mode.
+        let shared: Vec<Arc<Route>> = (0..3).map(|_| route(&sender, to)).collect();
+        let mut batch = SendBatch::new();
+        for (n, r) in shared.iter().enumerate() {
+            push(&mut batch, r, &datagram(n));
+        }
+        assert_eq!(batch.sockets.len(), 1);
+        push(&mut batch, &route(&other, to), &datagram(3));
+        push(&mut batch, &shared[0], &datagram(4));
+        assert_eq!(batch.sockets.len(), 3);
+        // The routes may go before the send: the batch holds its own handles.
+        drop(shared);
+        batch.flush(&Metrics::new());
+        assert!(batch.sockets.is_empty());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got: Vec<Vec<u8>> = drain(&peer).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(got, (0..5).map(datagram).collect::<Vec<_>>());
     }
 
     #[tokio::test]

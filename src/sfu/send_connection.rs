@@ -40,7 +40,6 @@ use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
-use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodecParameters, RtpCodecKind};
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
@@ -52,11 +51,10 @@ use webrtc::runtime::{AsyncUdpSocket, RecvMeta};
 
 use crate::metrics::Metrics;
 use crate::sfu::codecs::{media_engine_and_interceptors, MediaDirection};
-use crate::sfu::egress::{PacketSink, SinkWrite};
+use crate::sfu::egress::PacketSink;
 use crate::sfu::member::Role;
-use crate::sfu::outbound_stream::{send_datagram, OutboundStream, Route, SendFailure};
+use crate::sfu::outbound_stream::{send_datagram, OutboundStream, Route};
 use crate::sfu::peer::{setting_engine_builder, PeerError, PeerEvent, PeerOptions};
-use crate::sfu::send_batch::SendBatch;
 use crate::sfu::srtp_keys::{capturable_profiles, KeyCapture};
 use crate::sfu::track::{KeyframeReason, PublishedTrack};
 use crate::sfu::transport::ConnectionTransport;
@@ -264,10 +262,7 @@ impl SendConnection {
             .find(|o| o.stream.sender() == sender)?
             .stream
             .clone();
-        Some(Arc::new(SenderSink {
-            metrics: self.shared.metrics.clone(),
-            stream,
-        }))
+        Some(stream)
     }
 
     /// Closes the connection (the driver sends what closing produces, e.g. DTLS close_notify,
@@ -570,24 +565,4 @@ pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit> {
     }
     .new_candidate_host()?;
     RTCIceCandidate::from(&candidate).to_json()
-}
-
-/// One local track's packets, protected and sent by the caller (the source track's ingress
-/// task) on the connection's current route.
-struct SenderSink {
-    metrics: Arc<Metrics>,
-    stream: Arc<OutboundStream>,
-}
-
-impl PacketSink for SenderSink {
-    fn try_write(&self, packet: rtp::Packet, batch: &mut SendBatch) -> SinkWrite {
-        // The driver's sender-report timer runs whenever the connection has tracks, so a first
-        // packet needs no wake-up.
-        match self.stream.send(packet, batch, &self.metrics) {
-            Ok(()) => SinkWrite::Written,
-            // No route yet (the egress only forwards once the connection is up), the
-            // connection closed, or a packet that cannot be protected.
-            Err(SendFailure::NoRoute | SendFailure::Protect) => SinkWrite::Closed,
-        }
-    }
 }

@@ -14,6 +14,8 @@ use rtc::crypto::{
 };
 use rtc::srtp::protection_profile::ProtectionProfile;
 
+use crate::sfu::prefetch::prefetch;
+
 /// The longest tag either profile appends (GCM's).
 pub const MAX_TAG_LEN: usize = 16;
 
@@ -58,6 +60,21 @@ enum SessionCipher {
 }
 
 impl SrtpSender {
+    /// Starts loading the session's cipher state (AES round keys, the GHASH table: several
+    /// cache lines, in their own allocations), which a stream's next packet finds out of the
+    /// cache in a large room.
+    pub fn prefetch(&self) {
+        match &self.cipher {
+            SessionCipher::AesGcm { aead, .. } => prefetch(&**aead, 9),
+            SessionCipher::AesCmHmacSha1 {
+                keystream, auth, ..
+            } => {
+                prefetch(&**keystream, 5);
+                prefetch(&**auth, 3);
+            }
+        }
+    }
+
     /// Derives the session keys from the master key and salt (key derivation rate 0).
     pub fn new(
         profile: ProtectionProfile,

@@ -193,7 +193,25 @@ impl PublishedTrack {
             return 0;
         }
         let mut full = 0;
-        for d in self.downstreams.load().iter() {
+        let downstreams = self.downstreams.load();
+        // Each subscriber's state is a chain of pointers that has left the cache since the
+        // last packet: load the egress two subscribers ahead, and what it points to one ahead,
+        // so those misses overlap with this subscriber's encryption.
+        let ahead = |i: usize| downstreams.get(i).map(|d| &d.egress);
+        if let Some(e) = ahead(0) {
+            e.prefetch();
+            e.prefetch_targets();
+        }
+        if let Some(e) = ahead(1) {
+            e.prefetch();
+        }
+        for (i, d) in downstreams.iter().enumerate() {
+            if let Some(e) = ahead(i + 2) {
+                e.prefetch();
+            }
+            if let Some(e) = ahead(i + 1) {
+                e.prefetch_targets();
+            }
             if d.egress.forward(packet, batch) == Forwarded::Full {
                 full += 1;
             }

@@ -41,7 +41,7 @@ pub struct CountingSink {
 }
 
 impl PacketSink for CountingSink {
-    fn try_write(&self, packet: rtp::Packet, _batch: &mut SendBatch) -> SinkWrite {
+    fn try_write(&self, packet: rtp::Packet, _batch: &mut SendBatch, _: &Metrics) -> SinkWrite {
         std::hint::black_box(&packet);
         self.packets.fetch_add(1, Ordering::Relaxed);
         SinkWrite::Written
