@@ -87,6 +87,9 @@ pub enum MediaCommand {
     },
     /// Another member published a track this member should receive.
     TrackAdded(Arc<PublishedTrack>),
+    /// Every track the room had when this member joined: all there is, so they are offered
+    /// at once rather than after the debounce that gathers a publisher's tracks.
+    TracksOnJoin(Vec<Arc<PublishedTrack>>),
     TrackRemoved(TrackId),
     Close,
 }
@@ -343,6 +346,12 @@ impl MemberMedia {
             MediaCommand::TrackAdded(track) => {
                 self.wanted.insert(track.id, track);
                 self.schedule_negotiation();
+            }
+            MediaCommand::TracksOnJoin(tracks) => {
+                for track in tracks {
+                    self.wanted.insert(track.id, track);
+                }
+                self.negotiate_at = Some(tokio::time::Instant::now());
             }
             MediaCommand::TrackRemoved(id) => {
                 if self.wanted.remove(&id).is_some() {

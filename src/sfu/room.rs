@@ -85,8 +85,14 @@ impl SfuRoom {
         stats: Arc<ConnectionStats>,
     ) {
         let mut st = self.state();
-        for track in st.tracks.iter().filter(|t| &t.publisher != id) {
-            let _ = commands.send(MediaCommand::TrackAdded(track.clone()));
+        let existing: Vec<_> = st
+            .tracks
+            .iter()
+            .filter(|t| &t.publisher != id)
+            .cloned()
+            .collect();
+        if !existing.is_empty() {
+            let _ = commands.send(MediaCommand::TracksOnJoin(existing));
         }
         st.members.insert(id.clone(), Member { commands, stats });
     }
@@ -204,5 +210,57 @@ fn notify_removed(st: &State, track: &PublishedTrack) {
         if member != &track.publisher {
             let _ = entry.commands.send(MediaCommand::TrackRemoved(track.id));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sfu::codecs::supported_codecs;
+
+    fn track(publisher: &MemberId, kind: RtpCodecKind) -> Arc<PublishedTrack> {
+        let codec = supported_codecs()
+            .into_iter()
+            .map(|(p, _)| p.rtp_codec)
+            .find(|c| (c.mime_type.starts_with("video/")) == (kind == RtpCodecKind::Video))
+            .expect("a codec of that kind");
+        Arc::new(PublishedTrack::detached(publisher.clone(), kind, codec))
+    }
+
+    fn commands(rx: &mut mpsc::UnboundedReceiver<MediaCommand>) -> Vec<MediaCommand> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    #[test]
+    fn a_joiner_gets_every_other_members_track_in_one_command() {
+        let room = SfuRoom::new();
+        let (publisher, joiner) = (MemberId::next(), MemberId::next());
+        let (tx, mut publisher_rx) = mpsc::unbounded_channel();
+        room.join(&publisher, tx, Arc::default());
+        // Nothing in the room yet: nothing to offer.
+        assert!(commands(&mut publisher_rx).is_empty());
+        let audio = track(&publisher, RtpCodecKind::Audio);
+        let video = track(&publisher, RtpCodecKind::Video);
+        room.publish(audio.clone());
+        room.publish(video.clone());
+
+        let (tx, mut joiner_rx) = mpsc::unbounded_channel();
+        room.join(&joiner, tx, Arc::default());
+        let got = commands(&mut joiner_rx);
+        assert_eq!(got.len(), 1, "one command for the whole room");
+        let MediaCommand::TracksOnJoin(tracks) = &got[0] else {
+            panic!("expected the room's tracks first");
+        };
+        let ids: Vec<TrackId> = tracks.iter().map(|t| t.id).collect();
+        assert_eq!(ids, vec![audio.id, video.id]);
+
+        // Tracks published later come one by one, and never to their own publisher.
+        let later = track(&joiner, RtpCodecKind::Video);
+        room.publish(later.clone());
+        assert!(commands(&mut joiner_rx).is_empty());
+        assert!(matches!(
+            commands(&mut publisher_rx).as_slice(),
+            [MediaCommand::TrackAdded(t)] if t.id == later.id
+        ));
     }
 }
