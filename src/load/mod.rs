@@ -278,10 +278,13 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         Some(c) if delivered > 0 => Some(c * 1e6 / delivered as f64),
         _ => None,
     };
-    let cpu_s_steady = match (&steady_start, &server_after) {
-        (Some((_, Some(a), _)), Some(b)) => Some(b.cpu_seconds - a.cpu_seconds),
-        _ => None,
-    };
+    // What a server counter grew by over the steady window.
+    let steady_delta =
+        |value: fn(&ServerSample) -> Option<f64>| match (&steady_start, &server_after) {
+            (Some((_, Some(a), _)), Some(b)) => Some(value(b)? - value(a)?),
+            _ => None,
+        };
+    let cpu_s_steady = steady_delta(|s| Some(s.cpu_seconds));
     let per_delivered_steady = |cpu_s: Option<f64>| match (cpu_s, &steady_start) {
         (Some(c), Some((_, _, from))) if delivered_at_end > *from => {
             Some(c * 1e6 / (delivered_at_end - from) as f64)
@@ -289,13 +292,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         _ => None,
     };
     let cpu_per_delivered_steady = per_delivered_steady(cpu_s_steady);
-    let user_cpu_per_delivered_steady =
-        per_delivered_steady(match (&steady_start, &server_after) {
-            (Some((_, Some(a), _)), Some(b)) => {
-                b.user_seconds.zip(a.user_seconds).map(|(b, a)| b - a)
-            }
-            _ => None,
-        });
+    let user_cpu_per_delivered_steady = per_delivered_steady(steady_delta(|s| s.user_seconds));
     let tool_cpu_s = tool_after.cpu_seconds - tool_before.cpu_seconds;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let tool_cpu_percent = 100.0 * tool_cpu_s / elapsed.as_secs_f64();

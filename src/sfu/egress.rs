@@ -267,6 +267,11 @@ mod tests {
         }
     }
 
+    /// Forwards one packet through a batch of its own (the counting sink puts nothing there).
+    fn forward(e: &Egress, seq: u16, payload: &'static [u8]) -> Forwarded {
+        e.forward(&packet(seq, payload), &mut SendBatch::new())
+    }
+
     fn egress(sink: Arc<CountingSink>, connected: bool) -> (Egress, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new());
         let e = Egress::new(
@@ -283,18 +288,9 @@ mod tests {
     fn forwards_and_counts_only_what_the_sink_took() {
         let s = sink(2);
         let (e, metrics) = egress(s.clone(), true);
-        assert_eq!(
-            e.forward(&packet(1, b"a"), &mut SendBatch::new()),
-            Forwarded::Sent
-        );
-        assert_eq!(
-            e.forward(&packet(2, b"b"), &mut SendBatch::new()),
-            Forwarded::Sent
-        );
-        assert_eq!(
-            e.forward(&packet(3, b"c"), &mut SendBatch::new()),
-            Forwarded::Full
-        );
+        assert_eq!(forward(&e, 1, b"a"), Forwarded::Sent);
+        assert_eq!(forward(&e, 2, b"b"), Forwarded::Sent);
+        assert_eq!(forward(&e, 3, b"c"), Forwarded::Full);
         assert_eq!(metrics.packets_forwarded_total.get(), 2);
         assert_eq!(metrics.drops_queue_full.get(), 1);
         assert_eq!(metrics.join_to_first_video_seconds.get_sample_count(), 1);
@@ -304,10 +300,7 @@ mod tests {
     fn nothing_goes_out_before_the_connection_is_up() {
         let s = sink(10);
         let (e, metrics) = egress(s.clone(), false);
-        assert_eq!(
-            e.forward(&packet(1, b"a"), &mut SendBatch::new()),
-            Forwarded::NotConnected
-        );
+        assert_eq!(forward(&e, 1, b"a"), Forwarded::NotConnected);
         assert_eq!(s.written.load(Ordering::Relaxed), 0);
         assert_eq!(metrics.drops_not_connected.get(), 1);
         // Not sent, so not the first video either.
@@ -318,16 +311,10 @@ mod tests {
     fn a_first_packet_the_sink_refused_is_not_the_first_video() {
         let s = sink(0);
         let (e, metrics) = egress(s.clone(), true);
-        assert_eq!(
-            e.forward(&packet(1, b"a"), &mut SendBatch::new()),
-            Forwarded::Full
-        );
+        assert_eq!(forward(&e, 1, b"a"), Forwarded::Full);
         assert_eq!(metrics.join_to_first_video_seconds.get_sample_count(), 0);
         s.closed.store(true, Ordering::Relaxed);
-        assert_eq!(
-            e.forward(&packet(2, b"a"), &mut SendBatch::new()),
-            Forwarded::NotConnected
-        );
+        assert_eq!(forward(&e, 2, b"a"), Forwarded::NotConnected);
         assert_eq!(metrics.join_to_first_video_seconds.get_sample_count(), 0);
     }
 
@@ -335,24 +322,12 @@ mod tests {
     fn padding_is_skipped_without_a_gap_and_finish_hands_on_the_numbering() {
         let s = sink(10);
         let (e, _) = egress(s.clone(), true);
-        assert_eq!(
-            e.forward(&packet(10, b"a"), &mut SendBatch::new()),
-            Forwarded::Sent
-        );
-        assert_eq!(
-            e.forward(&packet(11, b""), &mut SendBatch::new()),
-            Forwarded::Skipped
-        );
-        assert_eq!(
-            e.forward(&packet(12, b"b"), &mut SendBatch::new()),
-            Forwarded::Sent
-        );
+        assert_eq!(forward(&e, 10, b"a"), Forwarded::Sent);
+        assert_eq!(forward(&e, 11, b""), Forwarded::Skipped);
+        assert_eq!(forward(&e, 12, b"b"), Forwarded::Sent);
         let mut numbering = e.finish();
         // Nothing more goes out once the numbering has been handed on.
-        assert_eq!(
-            e.forward(&packet(13, b"c"), &mut SendBatch::new()),
-            Forwarded::Skipped
-        );
+        assert_eq!(forward(&e, 13, b"c"), Forwarded::Skipped);
         assert_eq!(s.written.load(Ordering::Relaxed), 2);
         // Output so far: 10 and 11 (the padding left no gap); the next track continues at 12.
         numbering.continue_with(96, 90_000);

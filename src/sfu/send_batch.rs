@@ -417,30 +417,25 @@ mod tests {
         v6.set_nonblocking(true).unwrap();
         let v4_peer = receiver("127.0.0.1:0");
         let v6_peer = receiver("[::1]:0");
-        let mut batch = SendBatch::new();
-        push(
-            &mut batch,
-            &route(&v6, v4_peer.local_addr().unwrap()),
-            &datagram(1),
-        );
-        push(
-            &mut batch,
-            &route(&v6, v6_peer.local_addr().unwrap()),
-            &datagram(2),
-        );
-        // An IPv4 socket cannot reach an IPv6 peer; the datagram after it still goes.
         let v4 = UdpSocket::bind("127.0.0.1:0").unwrap();
         v4.set_nonblocking(true).unwrap();
-        push(
-            &mut batch,
-            &route(&v4, v6_peer.local_addr().unwrap()),
-            &datagram(3),
-        );
-        push(
-            &mut batch,
-            &route(&v4, v4_peer.local_addr().unwrap()),
-            &datagram(4),
-        );
+        let mut batch = SendBatch::new();
+        // The third, from an IPv4 socket to an IPv6 peer, cannot go; the one after it still does.
+        for (n, (socket, peer)) in [
+            (&v6, &v4_peer),
+            (&v6, &v6_peer),
+            (&v4, &v6_peer),
+            (&v4, &v4_peer),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            push(
+                &mut batch,
+                &route(socket, peer.local_addr().unwrap()),
+                &datagram(n + 1),
+            );
+        }
         batch.flush(&Metrics::new());
         tokio::time::sleep(Duration::from_millis(50)).await;
         let to_v4: Vec<Vec<u8>> = drain(&v4_peer).into_iter().map(|(d, _)| d).collect();
