@@ -275,7 +275,7 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub auth_secret: Option<String>,
-    /// Origins allowed to open /ws, comma-separated, e.g. https://meet.example.org; `*` for any
+    /// Origins allowed to open /ws, comma-separated, e.g. `https://meet.example.org`; `*` for any
     /// [default: the server's own host]
     #[arg(
         long,
