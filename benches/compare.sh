@@ -6,6 +6,11 @@
 #
 #   bash benches/compare.sh                       # all scenarios, both servers, 20 s each
 #   DURATION=10 TARGETS=yoom bash benches/compare.sh 1x25
+#   ROUNDS=3 bash benches/compare.sh 5x5          # three rounds; the table shows the middle run
+#
+# Each scenario runs on both servers back to back, so the two see the same machine; with ROUNDS=n
+# the whole set runs n times over. On a shared VM one run's kernel time can differ from the next
+# one's by 2x in the small rooms, so one round is a sample, not a figure.
 #
 # YOOM_BIN=path runs that binary instead of building the release one, OUT=dir puts the reports
 # elsewhere (tests/compare_script.rs does both for its seconds-long smoke run).
@@ -32,6 +37,7 @@ if [ "${YOOM_BENCH_IN_NS:-}" != 1 ]; then
 fi
 
 DURATION="${DURATION:-20}"
+ROUNDS="${ROUNDS:-1}"
 BIN="${YOOM_BIN:-$PWD/target/release/yoom}"
 OUT="${OUT:-$PWD/target/bench}"
 mkdir -p "$OUT"
@@ -74,38 +80,59 @@ start_janus() {
   echo "janus did not start" >&2; exit 1
 }
 
-for target in $TARGETS; do
+case "$ROUNDS" in ''|*[!0-9]*|0) echo "ROUNDS must be a positive number" >&2; exit 2 ;; esac
+for round in $(seq "$ROUNDS"); do
   for s in "${scenarios[@]}"; do
     case "$s" in
       1x*) pubs=1; subs="${s#1x}" ;;
       5x5) pubs=5; subs=0 ;;
       *) echo "unknown scenario $s" >&2; exit 2 ;;
     esac
-    # A fresh server per run, so memory and CPU belong to that scenario alone.
-    if [ "$target" = yoom ]; then
-      start_yoom
-      args=(--url http://127.0.0.1:3300 --media-ip 127.0.0.1)
-    else
-      start_janus
-      args=(--target janus --janus-url http://127.0.1.1:8088/janus --media-ip 127.0.1.1)
-    fi
-    echo "== $target $s: $pubs publisher(s), $subs subscriber(s), ${DURATION}s =="
-    taskset -c 1 "$BIN" load "${args[@]}" --rooms 1 --publishers "$pubs" --subscribers "$subs" \
-      --duration "$DURATION" --join-rate 50 --audio --server-pid "$SERVER" --json >"$OUT/$target-$s.json" || true
-    stop_server
-    sleep 1
+    for target in $TARGETS; do
+      # A fresh server per run, so memory and CPU belong to that scenario alone.
+      if [ "$target" = yoom ]; then
+        start_yoom
+        args=(--url http://127.0.0.1:3300 --media-ip 127.0.0.1)
+      else
+        start_janus
+        args=(--target janus --janus-url http://127.0.1.1:8088/janus --media-ip 127.0.1.1)
+      fi
+      report="$OUT/$target-$s.json" of=
+      if [ "$ROUNDS" != 1 ]; then report="$OUT/$target-$s.round$round.json" of=", round $round of $ROUNDS"; fi
+      echo "== $target $s: $pubs publisher(s), $subs subscriber(s), ${DURATION}s$of =="
+      taskset -c 1 "$BIN" load "${args[@]}" --rooms 1 --publishers "$pubs" --subscribers "$subs" \
+        --duration "$DURATION" --join-rate 50 --audio --server-pid "$SERVER" --json >"$report" || true
+      stop_server
+      sleep 1
+    done
   done
 done
 
-python3 - "$OUT" "$TARGETS" "${scenarios[@]}" <<'PY'
-import json, os, sys
-out, targets, scenarios = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
-def load(t, s):
-    p = os.path.join(out, f"{t}-{s}.json")
+python3 - "$OUT" "$TARGETS" "$ROUNDS" "${scenarios[@]}" <<'PY'
+import json, os, shutil, sys
+out, targets, rounds, scenarios = sys.argv[1], sys.argv[2].split(), int(sys.argv[3]), sys.argv[4:]
+STEADY = "server_cpu_us_per_delivered_packet_steady"
+def read(p):
     try:
         return json.load(open(p))
     except Exception:
         return None
+def runs(t, s):
+    """Every round's report, in round order (None where a run left none)."""
+    if rounds == 1:
+        return [read(os.path.join(out, f"{t}-{s}.json"))]
+    return [read(os.path.join(out, f"{t}-{s}.round{k}.json")) for k in range(1, rounds + 1)]
+def middle(t, s):
+    """The run with the middle steady figure (the lower middle for an even count); with several
+    rounds its report is also copied to <server>-<scenario>.json."""
+    measured = [(r[STEADY], k) for k, r in enumerate(runs(t, s), 1) if r and r.get(STEADY) is not None]
+    if not measured:
+        return next((r for r in runs(t, s) if r), None)
+    k = sorted(measured)[(len(measured) - 1) // 2][1]
+    if rounds > 1:
+        shutil.copyfile(os.path.join(out, f"{t}-{s}.round{k}.json"), os.path.join(out, f"{t}-{s}.json"))
+    return runs(t, s)[k - 1]
+load = middle
 fmt = lambda v, d=2: "n/a" if v is None else f"{v:.{d}f}"
 print()
 print(f"{'scenario':<8} {'server':<6} {'streams':>9} {'loss %':>7} {'p99 ms':>7} {'1st key p95':>11} {'core %':>7} {'µs/pkt':>7} {'steady':>7} {'user':>6} {'RSS MiB':>8} {'tool %':>7}")
@@ -129,10 +156,24 @@ for s in scenarios:
             print(f"{'':<8} {t}: {r['members_failed']} member(s) failed (server log: {out}/{t}-server.log)")
         for e in r.get("member_errors", []):
             print(f"{'':<8}   {e['members']} × {e['error']}")
+    if rounds > 1:
+        for t in targets:
+            got = [r for r in runs(t, s) if r and r.get(STEADY) is not None]
+            steady = " / ".join(fmt(r[STEADY], 1) for r in got)
+            user = " / ".join(fmt(r.get("server_user_cpu_us_per_delivered_packet_steady"), 1) for r in got)
+            print(f"{'':<8} {t}: steady µs/pkt by round {steady} (user {user})")
     if row.get("yoom") and row.get("janus"):
         (jw, js), (yw, ys) = row["janus"], row["yoom"]
         steady = f", {js/ys:.2f}× in steady state" if js and ys else ""
         print(f"{'':<8} ratio: Janus needs {jw/yw:.2f}× Yoom's CPU per delivered packet over the run{steady}")
+        if rounds > 1:
+            pairs = zip(runs("janus", s), runs("yoom", s))
+            by_round = [j[STEADY] / y[STEADY] for j, y in pairs
+                        if j and y and j.get(STEADY) and y.get(STEADY)]
+            print(f"{'':<8} ratio in steady state by round (each round's two runs back to back): "
+                  + " / ".join(f"{x:.2f}×" for x in by_round))
+if rounds > 1:
+    print(f"\nEach row is the middle one of {rounds} rounds by steady µs/pkt (its report: <server>-<scenario>.json).")
 print("\nµs/pkt = server CPU time over the run (joins included) / packets (video+audio) the subscribers received.")
 print("steady = the same from 3 s after the last member connected to the end (no joining).")
 print("user = the part of steady spent in the server's own code; the rest is the kernel's, which on")

@@ -1,7 +1,8 @@
 //! Smoke run of the documented side-by-side command, `benches/compare.sh`: a seconds-long
 //! 1 → 2 scenario against Yoom (this build) and a real Janus, both started by the script in its
-//! network namespace. Asserts only that both servers carried media, that the tool counted it,
-//! and that the side-by-side table came out; speed is the benchmark's business.
+//! network namespace, in two rounds. Asserts only that both servers carried media in every round,
+//! that the tool counted it, and that the side-by-side table came out with each round's figures;
+//! speed is the benchmark's business.
 
 use std::path::Path;
 use std::process::Command;
@@ -18,6 +19,7 @@ fn compare_sh_runs_both_servers_and_prints_the_table() {
         .arg("1x2")
         .current_dir(repo)
         .env("DURATION", "3")
+        .env("ROUNDS", "2")
         .env("YOOM_BIN", env!("CARGO_BIN_EXE_yoom"))
         .env("OUT", &out)
         .output()
@@ -29,13 +31,16 @@ fn compare_sh_runs_both_servers_and_prints_the_table() {
         "compare.sh failed\n{stdout}\n{stderr}"
     );
 
-    for target in ["yoom", "janus"] {
-        let path = out.join(format!("{target}-1x2.json"));
-        let report: Value = serde_json::from_slice(
+    let read = |name: String| -> Value {
+        let path = out.join(name);
+        serde_json::from_slice(
             &std::fs::read(&path)
                 .unwrap_or_else(|e| panic!("{}: {e}\n{stdout}\n{stderr}", path.display())),
         )
-        .expect("the report is JSON");
+        .expect("the report is JSON")
+    };
+    for (target, round) in [("yoom", 1), ("yoom", 2), ("janus", 1), ("janus", 2)] {
+        let report = read(format!("{target}-1x2.round{round}.json"));
         assert_eq!(report["target"], target);
         assert_eq!(report["members_failed"], 0, "{target}: {report}");
         assert_eq!(report["video"]["tracks"], 2, "{target}: {report}");
@@ -57,6 +62,20 @@ fn compare_sh_runs_both_servers_and_prints_the_table() {
             "{target}: no user/system split of the steady figure: {report}"
         );
     }
+    // The table's row is one of the rounds, and its report is kept under the scenario's name.
+    for target in ["yoom", "janus"] {
+        let shown = read(format!("{target}-1x2.json"));
+        assert!(
+            [1, 2]
+                .iter()
+                .any(|round| read(format!("{target}-1x2.round{round}.json")) == shown),
+            "{target}-1x2.json is none of the rounds' reports"
+        );
+        assert!(
+            stdout.contains(&format!("{target}: steady µs/pkt by round")),
+            "{stdout}"
+        );
+    }
     let table: Vec<&str> = stdout.lines().filter(|l| l.starts_with("1x2 ")).collect();
     assert_eq!(table.len(), 2, "one row per server:\n{stdout}");
     assert!(
@@ -64,5 +83,10 @@ fn compare_sh_runs_both_servers_and_prints_the_table() {
         "{stdout}"
     );
     assert!(stdout.contains("ratio: Janus needs"), "{stdout}");
+    let by_round = stdout
+        .lines()
+        .find(|l| l.contains("ratio in steady state by round"))
+        .unwrap_or_else(|| panic!("no ratio by round:\n{stdout}"));
+    assert_eq!(by_round.matches('×').count(), 2, "{by_round}");
     let _ = std::fs::remove_dir_all(&out);
 }
