@@ -16,8 +16,9 @@
 # elsewhere (tests/compare_script.rs does both for its seconds-long smoke run).
 #
 # Scenarios: 1x25, 1x100, 1x200 (one publisher, N receive-only subscribers), 5x5 (five members
-# who all publish). Needs: namespaces (root, or unprivileged user namespaces), taskset, curl,
-# python3, Debian's janus package (installed here, as root, when missing and TARGETS has janus).
+# who all publish); a prefix Rr runs R such rooms at once (8r5x5: eight rooms of five). Needs:
+# namespaces (root, or unprivileged user namespaces), taskset, curl, python3, Debian's janus
+# package (installed here, as root, when missing and TARGETS has janus).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGETS="${TARGETS:-yoom janus}"
@@ -83,8 +84,10 @@ start_janus() {
 case "$ROUNDS" in ''|*[!0-9]*|0) echo "ROUNDS must be a positive number" >&2; exit 2 ;; esac
 for round in $(seq "$ROUNDS"); do
   for s in "${scenarios[@]}"; do
-    case "$s" in
-      1x*) pubs=1; subs="${s#1x}" ;;
+    rooms=1 room="$s"
+    if [[ "$s" =~ ^([1-9][0-9]*)r(.+)$ ]]; then rooms="${BASH_REMATCH[1]}" room="${BASH_REMATCH[2]}"; fi
+    case "$room" in
+      1x*) pubs=1; subs="${room#1x}" ;;
       5x5) pubs=5; subs=0 ;;
       *) echo "unknown scenario $s" >&2; exit 2 ;;
     esac
@@ -99,8 +102,8 @@ for round in $(seq "$ROUNDS"); do
       fi
       report="$OUT/$target-$s.json" of=
       if [ "$ROUNDS" != 1 ]; then report="$OUT/$target-$s.round$round.json" of=", round $round of $ROUNDS"; fi
-      echo "== $target $s: $pubs publisher(s), $subs subscriber(s), ${DURATION}s$of =="
-      taskset -c 1 "$BIN" load "${args[@]}" --rooms 1 --publishers "$pubs" --subscribers "$subs" \
+      echo "== $target $s: $rooms room(s) of $pubs publisher(s), $subs subscriber(s), ${DURATION}s$of =="
+      taskset -c 1 "$BIN" load "${args[@]}" --rooms "$rooms" --publishers "$pubs" --subscribers "$subs" \
         --duration "$DURATION" --join-rate 50 --audio --server-pid "$SERVER" --json >"$report" || true
       stop_server
       sleep 1

@@ -1,6 +1,6 @@
 //! Smoke run of the documented side-by-side command, `benches/compare.sh`: a seconds-long
-//! 1 → 2 scenario against Yoom (this build) and a real Janus, both started by the script in its
-//! network namespace, in two rounds. Asserts only that both servers carried media in every round,
+//! 1 → 2 scenario and two rooms of 1 → 1 against Yoom (this build) and a real Janus, both
+//! started by the script in its network namespace, in two rounds. Asserts only that both servers carried media in every round,
 //! that the tool counted it, and that the side-by-side table came out with each round's figures;
 //! speed is the benchmark's business.
 
@@ -16,7 +16,7 @@ fn compare_sh_runs_both_servers_and_prints_the_table() {
     std::fs::create_dir_all(&out).expect("report dir");
     let run = Command::new("bash")
         .arg(repo.join("benches/compare.sh"))
-        .arg("1x2")
+        .args(["1x2", "2r1x1"])
         .current_dir(repo)
         .env("DURATION", "3")
         .env("ROUNDS", "2")
@@ -39,9 +39,15 @@ fn compare_sh_runs_both_servers_and_prints_the_table() {
         )
         .expect("the report is JSON")
     };
-    for (target, round) in [("yoom", 1), ("yoom", 2), ("janus", 1), ("janus", 2)] {
-        let report = read(format!("{target}-1x2.round{round}.json"));
+    let runs = ["1x2", "2r1x1"]
+        .into_iter()
+        .flat_map(|s| ["yoom", "janus"].map(|t| (s, t)))
+        .flat_map(|(s, t)| [1, 2].map(|round| (s, t, round)));
+    for (scenario, target, round) in runs {
+        let report = read(format!("{target}-{scenario}.round{round}.json"));
+        let rooms = if scenario == "1x2" { 1 } else { 2 };
         assert_eq!(report["target"], target);
+        assert_eq!(report["rooms"], rooms, "{target}: {report}");
         assert_eq!(report["members_failed"], 0, "{target}: {report}");
         assert_eq!(report["video"]["tracks"], 2, "{target}: {report}");
         assert!(
@@ -83,10 +89,16 @@ fn compare_sh_runs_both_servers_and_prints_the_table() {
         "{stdout}"
     );
     assert!(stdout.contains("ratio: Janus needs"), "{stdout}");
-    let by_round = stdout
+    let by_round: Vec<&str> = stdout
         .lines()
-        .find(|l| l.contains("ratio in steady state by round"))
-        .unwrap_or_else(|| panic!("no ratio by round:\n{stdout}"));
-    assert_eq!(by_round.matches('×').count(), 2, "{by_round}");
+        .filter(|l| l.contains("ratio in steady state by round"))
+        .collect();
+    assert_eq!(by_round.len(), 2, "one per scenario:\n{stdout}");
+    assert!(
+        by_round.iter().all(|l| l.matches('×').count() == 2),
+        "{stdout}"
+    );
+    let rooms_rows = stdout.lines().filter(|l| l.starts_with("2r1x1 ")).count();
+    assert_eq!(rooms_rows, 2, "one row per server for 2r1x1:\n{stdout}");
     let _ = std::fs::remove_dir_all(&out);
 }
