@@ -112,7 +112,7 @@ for round in $(seq "$ROUNDS"); do
 done
 
 python3 - "$OUT" "$TARGETS" "$ROUNDS" "${scenarios[@]}" <<'PY'
-import json, os, shutil, sys
+import functools, json, os, shutil, sys
 out, targets, rounds, scenarios = sys.argv[1], sys.argv[2].split(), int(sys.argv[3]), sys.argv[4:]
 STEADY = "server_cpu_us_per_delivered_packet_steady"
 def read(p):
@@ -120,6 +120,7 @@ def read(p):
         return json.load(open(p))
     except Exception:
         return None
+@functools.cache
 def runs(t, s):
     """Every round's report, in round order (None where a run left none)."""
     if rounds == 1:
@@ -128,21 +129,21 @@ def runs(t, s):
 def middle(t, s):
     """The run with the middle steady figure (the lower middle for an even count); with several
     rounds its report is also copied to <server>-<scenario>.json."""
-    measured = [(r[STEADY], k) for k, r in enumerate(runs(t, s), 1) if r and r.get(STEADY) is not None]
+    reports = runs(t, s)
+    measured = [(r[STEADY], k) for k, r in enumerate(reports, 1) if r and r.get(STEADY) is not None]
     if not measured:
-        return next((r for r in runs(t, s) if r), None)
+        return next((r for r in reports if r), None)
     k = sorted(measured)[(len(measured) - 1) // 2][1]
     if rounds > 1:
         shutil.copyfile(os.path.join(out, f"{t}-{s}.round{k}.json"), os.path.join(out, f"{t}-{s}.json"))
-    return runs(t, s)[k - 1]
-load = middle
+    return reports[k - 1]
 fmt = lambda v, d=2: "n/a" if v is None else f"{v:.{d}f}"
 print()
 print(f"{'scenario':<8} {'server':<6} {'streams':>9} {'loss %':>7} {'p99 ms':>7} {'1st key p95':>11} {'core %':>7} {'µs/pkt':>7} {'steady':>7} {'user':>6} {'RSS MiB':>8} {'tool %':>7}")
 for s in scenarios:
     row = {}
     for t in targets:
-        r = load(t, s)
+        r = middle(t, s)
         if r is None:
             print(f"{s:<8} {t:<6} (no result)")
             continue

@@ -1,8 +1,8 @@
 //! Smoke run of the documented side-by-side command, `benches/compare.sh`: a seconds-long
 //! 1 → 2 scenario and two rooms of 1 → 1 against Yoom (this build) and a real Janus, both
-//! started by the script in its network namespace, in two rounds. Asserts only that both servers carried media in every round,
-//! that the tool counted it, and that the side-by-side table came out with each round's figures;
-//! speed is the benchmark's business.
+//! started by the script in its network namespace, in two rounds. Asserts only that both
+//! servers carried media in every round, that the tool counted it, and that the side-by-side
+//! table came out with each round's figures; speed is the benchmark's business.
 
 use std::path::Path;
 use std::process::Command;
